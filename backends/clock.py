@@ -77,7 +77,13 @@ class ManualClock:
     async def run_for(self, seconds: float, step: float = 0.01) -> None:
         """Advance in steps, yielding to the loop between them so woken tasks run."""
         end = self._now + seconds
+        await _settle()
         while self._now < end - 1e-12:
             self.advance(min(step, end - self._now))
-            for _ in range(5):
-                await asyncio.sleep(0)
+            await _settle()
+
+
+async def _settle() -> None:
+    """Let tasks made runnable by an advance run until they block again."""
+    for _ in range(5):
+        await asyncio.sleep(0)
