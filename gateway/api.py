@@ -1,0 +1,280 @@
+"""HTTP routes of the gateway: parse, call the router, map errors. No routing logic here."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.types import Receive, Scope, Send
+
+from backends.schemas import (
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    ImageRequest,
+    describe_validation_error,
+    parse_body,
+)
+from backends.schemas import (
+    InvalidRequestError as BodyError,
+)
+from gateway.admission import parse_priority
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+)
+from gateway.router import Routed
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+JSON = "application/json"
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(exc: GatewayError, request_id: str | None = None) -> Response:
+    """The one mapping from a GatewayError to a status and `{"error": {"type", "message"}}`."""
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return json_response({"error": {"type": exc.kind, "message": exc.message}}, exc.status, headers)
+
+
+class ProxiedResponse(Response):
+    """Streams a routed backend body; always frees the upstream connection."""
+
+    def __init__(self, routed: Routed, headers: dict[str, str]) -> None:
+        self.routed = routed
+        self.status_code = routed.status
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for chunk in self.routed.body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.routed.close()
+
+
+class OpenAIImageRequest(BaseModel):
+    """Body of `POST /v1/images/generations` (OpenAI style)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    n: int = Field(default=1, ge=1, le=MAX_IMAGES, strict=True)
+    size: str = "512x512"
+    response_format: Literal["b64_json"] = "b64_json"
+    negative_prompt: str | None = None
+    steps: int | None = None
+    seed: int | None = None
+    guidance_scale: float | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not re.fullmatch(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}", value):
+            raise ValueError("must look like 512x512")
+        return value
+
+    def to_image_request(self) -> ImageRequest:
+        width, height = (int(v) for v in self.size.split("x"))
+        data = self.model_dump(exclude={"size", "response_format"}, exclude_none=True)
+        try:
+            return ImageRequest.model_validate(data | {"width": width, "height": height})
+        except ValidationError as exc:
+            message = (
+                describe_validation_error(exc).replace("width", "size").replace("height", "size")
+            )
+            raise InvalidRequestError(message) from None
+
+
+def build_routes(gateway: Gateway) -> APIRouter:
+    routes = APIRouter()
+    settings = gateway.settings
+
+    async def read_body(request: Request) -> bytes:
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(f"request body over {limit} bytes")
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def request_id_of(request: Request) -> str:
+        given = request.headers.get("x-request-id")
+        if given is not None and REQUEST_ID.match(given):
+            return given
+        return uuid.uuid4().hex
+
+    async def generate(request: Request, openai: bool) -> Response:
+        received_at = time.perf_counter()
+        request_id = request_id_of(request)
+        priority_name = "interactive"
+        try:
+            priority = parse_priority(request.headers.get("x-priority"))
+            priority_name = priority.value
+            raw = await read_body(request)
+            try:
+                if openai:
+                    image = parse_body(OpenAIImageRequest, raw).to_image_request()
+                else:
+                    image = parse_body(ImageRequest, raw)
+            except BodyError as exc:
+                raise InvalidRequestError(str(exc)) from None
+            routed = await gateway.router.route(image, priority, request_id, received_at)
+        except GatewayError as exc:
+            gateway.metrics.requests.labels("none", str(exc.status), priority_name).inc()
+            return error_response(exc, request_id)
+        gateway.metrics.requests.labels(routed.pool, str(routed.status), priority_name).inc()
+        gateway.metrics.duration.labels(routed.pool, priority_name).observe(
+            time.perf_counter() - received_at
+        )
+        headers = routed.headers | {"X-Request-ID": request_id}
+        return ProxiedResponse(routed, headers)
+
+    @routes.post("/v1/images")
+    async def images(request: Request) -> Response:
+        return await generate(request, openai=False)
+
+    @routes.post("/v1/images/generations")
+    async def images_openai(request: Request) -> Response:
+        return await generate(request, openai=True)
+
+    @routes.get("/v1/pools")
+    async def pools() -> Response:
+        return json_response(gateway.describe())
+
+    @routes.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @routes.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "alive"})
+
+    @routes.get("/readyz")
+    async def readyz() -> Response:
+        ready, reason = gateway.readiness()
+        return json_response({"ready": ready, "reason": reason}, 200 if ready else 503)
+
+    routes.include_router(_admin_routes(gateway))
+    return routes
+
+
+class ModeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: str
+
+
+class PriceBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    price_per_hour: float = Field(ge=0.0, le=1000.0)
+
+
+def _admin_routes(gateway: Gateway) -> APIRouter:
+    routes = APIRouter(prefix="/admin")
+
+    def authorize(request: Request) -> None:
+        token = gateway.settings.admin_token
+        if token is None:
+            raise NotFoundError("the admin API is disabled (no admin_token configured)")
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise UnauthorizedError("missing or wrong admin token")
+
+    async def admin(request: Request, action: Any) -> Response:
+        try:
+            authorize(request)
+            return json_response(await action())
+        except GatewayError as exc:
+            return error_response(exc)
+
+    def body_of(model: type[BaseModel], raw: bytes) -> Any:
+        try:
+            return parse_body(model, raw)
+        except BodyError as exc:
+            raise InvalidRequestError(str(exc)) from None
+
+    @routes.get("/mode")
+    async def get_mode(request: Request) -> Response:
+        async def action() -> Any:
+            return {"mode": gateway.mode}
+
+        return await admin(request, action)
+
+    @routes.put("/mode")
+    async def put_mode(request: Request) -> Response:
+        async def action() -> Any:
+            body = body_of(ModeBody, await request.body())
+            gateway.set_mode(body.mode)
+            return {"mode": gateway.mode}
+
+        return await admin(request, action)
+
+    @routes.post("/pools/{name}/drain")
+    async def drain(request: Request, name: str) -> Response:
+        async def action() -> Any:
+            pool = gateway.pool(name)
+            pool.draining = True
+            return {"pool": name, "draining": True}
+
+        return await admin(request, action)
+
+    @routes.delete("/pools/{name}/drain")
+    async def undrain(request: Request, name: str) -> Response:
+        async def action() -> Any:
+            pool = gateway.pool(name)
+            pool.draining = False
+            return {"pool": name, "draining": False}
+
+        return await admin(request, action)
+
+    @routes.put("/pools/{name}/price")
+    async def price(request: Request, name: str) -> Response:
+        async def action() -> Any:
+            pool = gateway.pool(name)
+            body = body_of(PriceBody, await request.body())
+            pool.price_per_hour_usd = body.price_per_hour
+            return {"pool": name, "price_per_hour": pool.price_per_hour_usd}
+
+        return await admin(request, action)
+
+    return routes
+
+
+def install(app: FastAPI, gateway: Gateway) -> None:
+    app.include_router(build_routes(gateway))

@@ -1,0 +1,186 @@
+"""Runtime state of pools and replicas, and frozen snapshots of it for the scheduler.
+
+Mutated only by the event loop of one worker: the router records outcomes,
+the health checker records probes, the control loop publishes weights.
+`PoolRegistry.snapshot()` copies what the scheduler needs into frozen views.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Iterable, Iterator
+
+from backends.clock import Clock
+from gateway.scheduling.types import CapacityState, PoolView, ReplicaView, Snapshot
+from gateway.settings import GatewaySettings, PoolConfig
+from gateway.stats import Ewma, WindowCounter
+
+# How many recent outcomes a replica remembers for success-rate outlier detection.
+OUTCOME_HISTORY = 20
+# A latency estimate older than this starts relaxing back toward the prior, so a
+# pool that was slow once is tried again instead of being starved of samples forever.
+LATENCY_STALE_AFTER_S = 10.0
+LATENCY_RELAX_TAU_S = 20.0
+
+
+class ReplicaState:
+    """One model server: probe state, outlier state, load."""
+
+    def __init__(self, url: str, pool: str, slots: int, now: float) -> None:
+        self.url = url
+        self.pool = pool
+        self.slots = slots
+        self.probe_ok = True  # optimistic until the first probe says otherwise
+        self.probe_successes = 0
+        self.probe_failures = 0
+        self.consecutive_failures = 0
+        self.outcomes: collections.deque[bool] = collections.deque(maxlen=OUTCOME_HISTORY)
+        self.ejections = 0
+        self.ejected_until = -math.inf
+        self.in_flight = 0
+        self.reported_queue_depth = 0
+        self.joined_at = now - 1e9  # configured replicas start at full weight
+        self.capabilities: dict[str, object] | None = None
+        self.last_error: str | None = None
+
+    def ejected(self, now: float) -> bool:
+        return now < self.ejected_until
+
+    def healthy(self, now: float) -> bool:
+        return self.probe_ok and not self.ejected(now)
+
+    def slow_start_factor(self, now: float, slow_start_s: float) -> float:
+        if slow_start_s <= 0:
+            return 1.0
+        return min(1.0, max(0.1, (now - self.joined_at) / slow_start_s))
+
+
+class PoolState:
+    """One pool: its config, replicas, latency estimate, rates and capacity signals."""
+
+    def __init__(self, config: PoolConfig, settings: GatewaySettings, now: float) -> None:
+        self.config = config
+        self.name = config.name
+        self.replicas: dict[str, ReplicaState] = {}
+        self.latency = Ewma(config.expected_latency_seconds, settings.ewma_alpha)
+        self.latency_updated_at = now
+        self.constrained_until = -math.inf
+        self.recovering_until = -math.inf
+        self.weight: float | None = None
+        self.requests = WindowCounter(settings.rate_window_s)
+        self.errors = WindowCounter(settings.rate_window_s)
+        self.capacity_errors = WindowCounter(settings.rate_window_s)
+        self.completions = WindowCounter(settings.rate_window_s)
+        self.price_per_hour_usd = config.price_per_hour
+        self.draining = False
+        self._slow_start_s = settings.slow_start_s
+        self.set_replicas(config.replicas, now)
+
+    def set_replicas(self, urls: Iterable[str], now: float) -> None:
+        """Replace the replica set, keeping the state of replicas that stay."""
+        fresh = {}
+        for url in urls:
+            state = self.replicas.get(url)
+            if state is None:
+                state = ReplicaState(url, self.name, self.config.slots_per_replica, now)
+                if self.replicas:  # a replica joining a running pool warms up
+                    state.joined_at = now
+            fresh[url] = state
+        self.replicas = fresh
+
+    def estimated_latency_s(self, now: float) -> float:
+        """The EWMA service time, relaxing toward the prior once it is stale."""
+        prior = self.config.expected_latency_seconds
+        value = self.latency.value
+        age = now - self.latency_updated_at
+        if self.latency.samples == 0 or age <= LATENCY_STALE_AFTER_S:
+            return value
+        keep = math.exp(-(age - LATENCY_STALE_AFTER_S) / LATENCY_RELAX_TAU_S)
+        return prior + (value - prior) * keep
+
+    def outstanding(self) -> int:
+        return sum(max(r.in_flight, r.reported_queue_depth) for r in self.replicas.values())
+
+    def capacity_state(self, now: float) -> CapacityState:
+        if self.draining or not any(r.healthy(now) for r in self.replicas.values()):
+            return CapacityState.UNAVAILABLE
+        if now < self.constrained_until:
+            return CapacityState.CONSTRAINED
+        if now < self.recovering_until:
+            return CapacityState.RECOVERING
+        return CapacityState.AVAILABLE
+
+    def error_rate(self, now: float) -> float:
+        requests = self.requests.count(now)
+        return min(1.0, self.errors.count(now) / requests) if requests else 0.0
+
+    def view(self, now: float, *, panic: bool) -> PoolView:
+        replicas = tuple(
+            ReplicaView(
+                url=r.url,
+                pool=self.name,
+                healthy=panic or r.healthy(now),
+                in_flight=r.in_flight,
+                reported_queue_depth=r.reported_queue_depth,
+                slots=r.slots,
+                slow_start_factor=r.slow_start_factor(now, self._slow_start_s),
+            )
+            for r in self.replicas.values()
+        )
+        state = self.capacity_state(now)
+        if panic and state is CapacityState.UNAVAILABLE and replicas and not self.draining:
+            state = CapacityState.CONSTRAINED
+        return PoolView(
+            name=self.name,
+            accelerator=self.config.accelerator,
+            price_per_hour_usd=self.price_per_hour_usd,
+            slots_per_replica=self.config.slots_per_replica,
+            latency_s=self.estimated_latency_s(now),
+            replicas=replicas,
+            shapes=frozenset(self.config.shapes) if self.config.shapes is not None else None,
+            outstanding=self.outstanding(),
+            capacity_state=state,
+            weight=self.weight,
+            error_rate=self.error_rate(now),
+        )
+
+
+class PoolRegistry:
+    """All pools of one gateway worker, and the gateway-wide arrival rate."""
+
+    def __init__(self, settings: GatewaySettings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        now = clock.now()
+        self.pools: dict[str, PoolState] = {
+            p.name: PoolState(p, settings, now) for p in settings.pools
+        }
+        self.arrivals = WindowCounter(settings.rate_window_s)
+
+    def __iter__(self) -> Iterator[PoolState]:
+        return iter(self.pools.values())
+
+    def replicas(self) -> Iterator[ReplicaState]:
+        for pool in self.pools.values():
+            yield from pool.replicas.values()
+
+    def get(self, name: str) -> PoolState:
+        return self.pools[name]
+
+    def replica(self, pool: str, url: str) -> ReplicaState:
+        return self.pools[pool].replicas[url]
+
+    def in_panic(self, now: float) -> bool:
+        """True when no replica anywhere is healthy: then ejected replicas are tried again."""
+        return not any(r.healthy(now) for r in self.replicas())
+
+    def snapshot(self) -> Snapshot:
+        """A frozen view of every pool for one scheduling decision."""
+        now = self.clock.now()
+        panic = self.in_panic(now)
+        return Snapshot(
+            pools=tuple(p.view(now, panic=panic) for p in self.pools.values()),
+            arrival_rate_per_s=self.arrivals.rate(now),
+            target_utilization=self.settings.target_utilization,
+        )

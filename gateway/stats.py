@@ -1,0 +1,80 @@
+"""Running statistics on an injected clock: EWMA and windowed rates.
+
+Nothing here reads the time itself: callers pass `now` (seconds on the
+clock's scale), so tests move time by hand.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+
+class Ewma:
+    """Exponentially weighted moving average seeded with a prior.
+
+    `value` is the prior until the first sample; `samples` counts updates.
+    """
+
+    __slots__ = ("alpha", "samples", "value")
+
+    def __init__(self, prior: float, alpha: float = 0.2) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.value = prior
+        self.alpha = alpha
+        self.samples = 0
+
+    def update(self, sample: float) -> float:
+        if not math.isfinite(sample):
+            return self.value
+        if self.samples == 0:
+            # The first measurement replaces the prior only half way: one sample is noisy.
+            self.value = (self.value + sample) / 2
+        else:
+            self.value += self.alpha * (sample - self.value)
+        self.samples += 1
+        return self.value
+
+
+class WindowCounter:
+    """Events per second over a sliding window, in one-second buckets.
+
+    `add(now, n)` records `n` events at `now`; `rate(now)` is the count in the
+    last `window_s` seconds divided by the window (or by the time observed,
+    if shorter, so a new counter is not biased low).
+    """
+
+    __slots__ = ("_buckets", "_started", "window_s")
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self.window_s = window_s
+        self._buckets: collections.deque[list[float]] = collections.deque()  # [second, count]
+        self._started: float | None = None
+
+    def add(self, now: float, n: float = 1.0) -> None:
+        if self._started is None:
+            self._started = now
+        second = math.floor(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += n
+        else:
+            self._buckets.append([second, n])
+        self._trim(now)
+
+    def count(self, now: float) -> float:
+        self._trim(now)
+        return sum(c for _, c in self._buckets)
+
+    def rate(self, now: float) -> float:
+        if self._started is None:
+            return 0.0
+        span = min(self.window_s, max(1.0, now - self._started))
+        return self.count(now) / span
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.window_s
+        while self._buckets and self._buckets[0][0] + 1 <= horizon:
+            self._buckets.popleft()
