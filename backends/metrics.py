@@ -21,6 +21,12 @@ class BackendMetrics:
             ["accelerator", "endpoint", "status"],
             registry=r,
         )
+        self.received = Counter(
+            "sd_backend_received_total",
+            "Image requests received, counted on arrival.",
+            ["accelerator", "endpoint"],
+            registry=r,
+        )
         self.images = Counter(
             "sd_backend_images_total", "Images generated.", ["accelerator"], registry=r
         )

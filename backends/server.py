@@ -112,6 +112,7 @@ def create_app(
 
     @app.post("/v1/images")
     async def images(request: Request) -> Response:
+        runtime.metrics.received.labels(acc, "images").inc()
         try:
             body = parse_body(ImageRequest, await request.body())
         except InvalidRequestError as exc:
@@ -136,6 +137,7 @@ def create_app(
 
     @app.post("/genimage")
     async def genimage(request: Request) -> Response:
+        runtime.metrics.received.labels(acc, "genimage").inc()
         try:
             gen = parse_body(GenImageRequest, await request.body())
         except InvalidRequestError as exc:

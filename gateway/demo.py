@@ -24,10 +24,8 @@ from typing import Any
 import httpx
 import yaml
 
-from backends.factory import build_engine
-from backends.server import create_app as create_backend
+from backends.local import start_backend
 from backends.serving import RunningServer, running_server
-from backends.settings import ServerSettings
 from gateway.app import create_app as create_gateway
 from gateway.settings import GatewaySettings, settings_from_dict
 
@@ -79,14 +77,10 @@ async def start_backends() -> AsyncIterator[list[tuple[str, RunningServer]]]:
     async with contextlib.AsyncExitStack() as stack:
         servers = []
         for i, (pool, profile) in enumerate(REPLICAS):
-            settings = ServerSettings(
-                profile=profile, cold_start_s=0.0, enable_fault_injection=True, seed=i, max_queue=8
+            server = await stack.enter_async_context(
+                start_backend(profile=profile, seed=i, max_queue=8)
             )
-            built = build_engine(settings)
-            app = create_backend(
-                built.engine, settings, slots=built.slots, prior_service_s=built.prior_service_s
-            )
-            servers.append((pool, await stack.enter_async_context(running_server(app))))
+            servers.append((pool, server))
         yield servers
 
 
@@ -125,7 +119,8 @@ async def _drive_load(
 ) -> None:
     rng = random.Random(7)
     inf2 = [s for pool, s in backends if pool == "inf2"]
-    acts = [
+    Act = tuple[float, str, list[tuple[RunningServer, dict[str, bool] | None]]]
+    acts: list[Act] = [
         (
             story.shortfall,
             "inf2 returns capacity errors",

@@ -19,7 +19,6 @@ Rules, each a setting:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable
@@ -31,7 +30,7 @@ from gateway.settings import GatewaySettings
 log = logging.getLogger("gateway.health")
 
 # Enough recent outcomes before the failure share is trusted.
-MIN_OUTCOMES_FOR_SHARE = 10
+MIN_OUTCOMES_FOR_SHARE = 6
 OUTLIER_FAILURE_SHARE = 0.5
 MAX_CAPACITY_HOLD_S = 30.0
 
@@ -165,6 +164,8 @@ class HealthTracker:
     async def run(self, probe: ProbeFn) -> None:
         """Probe every `probe_interval_s` until cancelled."""
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 await self.probe_all(probe)
+            except Exception:
+                log.exception("probe round failed")
             await self.clock.sleep(self.settings.probe_interval_s)

@@ -122,7 +122,12 @@ class Router:
         self.transport = transport
         self.metrics = metrics
         self.clock = clock
-        self.budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_concurrent)
+        self.budget = RetryBudget(
+            settings.retry_budget_ratio,
+            settings.retry_budget_min_per_s,
+            window_s=settings.rate_window_s,
+            clock=clock,
+        )
         self.all_shapes_any = any(p.shapes is None for p in settings.pools)
         self.known_shapes = {s for p in settings.pools for s in (p.shapes or ())}
 
@@ -170,17 +175,13 @@ class Router:
             if retry and not self.budget.try_retry():
                 self.metrics.retry_budget_exhausted.inc()
                 break
-            try:
-                decision = policy.decide(profile, self.registry.snapshot(), frozenset(excluded))
-                if decision is None:
-                    break
-                pool = self.registry.get(decision.pool)
-                replica = pool.replicas[decision.replica]
-                trace.attempts += 1
-                outcome = await self._attempt(pool, replica, image, profile, request_id, trace)
-            finally:
-                if retry:
-                    self.budget.end_retry()
+            decision = policy.decide(profile, self.registry.snapshot(), frozenset(excluded))
+            if decision is None:
+                break
+            pool = self.registry.get(decision.pool)
+            replica = pool.replicas[decision.replica]
+            trace.attempts += 1
+            outcome = await self._attempt(pool, replica, image, profile, request_id, trace)
             trace.upstream_s += outcome.upstream_s
             if outcome.response is not None:
                 return outcome.response

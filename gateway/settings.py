@@ -190,8 +190,8 @@ class GatewaySettings(BaseSettings):
     read_timeout_s: float = Field(default=120.0, gt=0)  # between bytes from a replica
     request_timeout_s: float = Field(default=300.0, gt=0)  # whole request, retries included
     max_attempts: int = Field(default=2, ge=1, le=5)  # tries per request, first included
-    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)  # retries / active requests
-    retry_budget_min_concurrent: int = Field(default=3, ge=0)  # retries always allowed
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)  # retries / recent requests
+    retry_budget_min_per_s: float = Field(default=3.0, ge=0)  # retries always allowed per second
     probe_interval_s: float = Field(default=2.0, gt=0)  # between active health probes
     probe_timeout_s: float = Field(default=1.0, gt=0)  # one probe; at most the interval
     unhealthy_threshold: int = Field(default=2, ge=1)  # failed probes to mark unhealthy

@@ -14,15 +14,19 @@ class Ewma:
     """Exponentially weighted moving average seeded with a prior.
 
     `value` is the prior until the first sample; `samples` counts updates.
+    Samples above the average move it with `alpha_up` (at least `alpha`), so
+    a slowdown shows within a few completions while a speed-up is trusted
+    more slowly.
     """
 
-    __slots__ = ("alpha", "samples", "value")
+    __slots__ = ("alpha", "alpha_up", "samples", "value")
 
-    def __init__(self, prior: float, alpha: float = 0.2) -> None:
-        if not 0 < alpha <= 1:
+    def __init__(self, prior: float, alpha: float = 0.2, alpha_up: float = 0.5) -> None:
+        if not 0 < alpha <= 1 or not 0 < alpha_up <= 1:
             raise ValueError("alpha must be in (0, 1]")
         self.value = prior
         self.alpha = alpha
+        self.alpha_up = max(alpha, alpha_up)
         self.samples = 0
 
     def update(self, sample: float) -> float:
@@ -32,7 +36,8 @@ class Ewma:
             # The first measurement replaces the prior only half way: one sample is noisy.
             self.value = (self.value + sample) / 2
         else:
-            self.value += self.alpha * (sample - self.value)
+            alpha = self.alpha_up if sample > self.value else self.alpha
+            self.value += alpha * (sample - self.value)
         self.samples += 1
         return self.value
 

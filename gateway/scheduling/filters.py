@@ -67,3 +67,18 @@ class SloFilter:
 
     def __call__(self, request: RequestProfile, pools: Sequence[PoolView]) -> list[PoolView]:
         return [p for p in pools if p.predicted_completion_s <= request.slo_s]
+
+
+class CapacityFilter:
+    """Keeps pools that are not CONSTRAINED, unless every pool is.
+
+    A pool answering with capacity errors would only bounce requests into a
+    failover; while any other pool can take them, it gets none. When all are
+    constrained they all stay, and the state factors rank them.
+    """
+
+    name: str = "capacity"
+
+    def __call__(self, request: RequestProfile, pools: Sequence[PoolView]) -> list[PoolView]:
+        available = [p for p in pools if p.capacity_state is not CapacityState.CONSTRAINED]
+        return available or list(pools)

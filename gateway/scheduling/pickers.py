@@ -44,16 +44,19 @@ class SmoothWeightedRoundRobin:
       matter and a change of scale between calls leaves no stale state behind.
     - Keys with a zero, negative or non-finite weight are never picked, unless
       no key has a positive weight: then every key counts with equal weight.
-    - Keys may appear and disappear between calls: a new key starts at 0; a key
-      that is absent (or has no positive weight) loses its state. After such a
-      change the current weights are re-centred to sum 0, which keeps them
-      bounded and preserves the order of the keys that stayed.
+    - Keys may appear and disappear between calls. A new key starts at 0. A key
+      that is absent, or has no positive weight, is paused: its current weight
+      is kept, so a pool excluded for one retry keeps its place in the cycle.
+      Paused state is dropped once more than `max_paused_keys` keys are paused.
 
-    Raises ValueError on an empty mapping.
+    The current weights, paused ones included, always sum to 0: each call adds
+    1 (the normalised total) and takes 1 from the picked key. Raises
+    ValueError on an empty mapping.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_paused_keys: int = 64) -> None:
         self._current: dict[str, float] = {}
+        self._max_paused_keys = max_paused_keys
 
     def pick(self, weights: Mapping[str, float]) -> str:
         if not weights:
@@ -64,11 +67,10 @@ class SmoothWeightedRoundRobin:
         total = math.fsum(active.values())
 
         current = self._current
-        if current.keys() != active.keys():
-            kept = {k: current.get(k, 0.0) for k in active}
-            mean = math.fsum(kept.values()) / len(kept)
-            current = {k: v - mean for k, v in kept.items()}
-            self._current = current
+        for key in active:
+            current.setdefault(key, 0.0)
+        if len(current) > len(active) + self._max_paused_keys:
+            current = self._forget_paused(active)
 
         best_key = ""
         best_value = -math.inf
@@ -79,6 +81,14 @@ class SmoothWeightedRoundRobin:
                 best_key, best_value = key, value
         current[best_key] -= 1.0
         return best_key
+
+    def _forget_paused(self, active: Mapping[str, float]) -> dict[str, float]:
+        # Re-centre on the survivors so the current weights again sum to 0,
+        # which is what keeps them bounded; their order is unchanged.
+        kept = {k: self._current[k] for k in active}
+        mean = math.fsum(kept.values()) / len(kept)
+        self._current = {k: v - mean for k, v in kept.items()}
+        return self._current
 
 
 class RoundRobin:

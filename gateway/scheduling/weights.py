@@ -8,7 +8,7 @@ matter to the pool picker.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway.scheduling.types import PoolView, Snapshot
 
@@ -106,8 +106,10 @@ def headroom_images_per_s(pool: PoolView, target_utilization: float) -> float:
     return max(spare, HEADROOM_FLOOR * capacity)
 
 
-def shares(values: dict[str, float]) -> dict[str, float]:
-    """Scale non-negative values to sum 1; all zero (or invalid) -> equal shares."""
+def shares(values: Mapping[str, float]) -> dict[str, float]:
+    """Scale non-negative values to sum 1; all zero (or invalid) -> equal shares; {} -> {}."""
+    if not values:
+        return {}
     cleaned = {k: v if math.isfinite(v) and v > 0.0 else 0.0 for k, v in values.items()}
     total = math.fsum(cleaned.values())
     if total <= 0.0:

@@ -14,7 +14,13 @@ import httpx
 
 async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "backends", "serve", "--port", "0", *args,
+        sys.executable,
+        "-m",
+        "backends",
+        "serve",
+        "--port",
+        "0",
+        *args,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -30,8 +36,18 @@ async def _start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
 
 async def test_sigterm_drains_in_flight_work_then_exits() -> None:
     proc, url = await _start(
-        "--profile", "g6", "--slots", "1", "--max-queue", "4",
-        "--latency-s", "0.8", "--cold-start-s", "0", "--log-level", "warning",
+        "--profile",
+        "g6",
+        "--slots",
+        "1",
+        "--max-queue",
+        "4",
+        "--latency-s",
+        "0.8",
+        "--cold-start-s",
+        "0",
+        "--log-level",
+        "warning",
     )
     try:
         async with httpx.AsyncClient(base_url=url, timeout=15) as c:
@@ -64,8 +80,14 @@ async def test_sigterm_drains_in_flight_work_then_exits() -> None:
 
 async def test_bad_options_exit_2_before_listening() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "backends", "serve", "--profile", "tpu9",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "backends",
+        "serve",
+        "--profile",
+        "tpu9",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     _, err = await proc.communicate()
     assert proc.returncode == 2

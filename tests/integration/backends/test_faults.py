@@ -38,7 +38,9 @@ async def test_latency_multiplier_stretches_service_time(backend: BackendFactory
         backend(profile="g6", latency_s=0.05) as server,
         httpx.AsyncClient(base_url=server.url) as c,
     ):
-        base = float((await c.post("/v1/images", json={"prompt": "x"})).headers["X-Inference-Seconds"])
+        base = float(
+            (await c.post("/v1/images", json={"prompt": "x"})).headers["X-Inference-Seconds"]
+        )
         await c.post("/admin/faults", json={"latency_multiplier": 10})
         slow = await c.post("/v1/images", json={"prompt": "x"})
         slow_s = float(slow.headers["X-Inference-Seconds"])

@@ -52,7 +52,7 @@ def test_neuron_profiles_are_compiled_for_fixed_shapes() -> None:
 
 
 def test_unknown_profile_names_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="known: .*inf2"):
+    with pytest.raises(KeyError, match=r"known: .*inf2"):
         get_profile("tpu")
 
 

@@ -27,7 +27,10 @@ def test_defaults() -> None:
         (b"[1, 2]", "must be a JSON object"),
         (b"{}", "prompt: Field required"),
         (b'{"prompt": "   "}', "prompt: must not be empty"),
-        (b'{"prompt": "' + b"a" * (MAX_PROMPT_CHARS + 1) + b'"}', "prompt: String should have at most"),
+        (
+            b'{"prompt": "' + b"a" * (MAX_PROMPT_CHARS + 1) + b'"}',
+            "prompt: String should have at most",
+        ),
         (b'{"prompt": "x", "width": 500}', "width: must be a positive multiple of 8"),
         (b'{"prompt": "x", "height": 0}', "height: must be a positive multiple of 8"),
         (b'{"prompt": "x", "width": 4096}', "width: must be at most 2048"),
@@ -37,7 +40,10 @@ def test_defaults() -> None:
         (b'{"prompt": "x", "steps": 0}', "steps: Input should be greater than or equal to 1"),
         (b'{"prompt": "x", "steps": 151}', "steps: Input should be less than or equal to 150"),
         (b'{"prompt": "x", "seed": -1}', "seed: Input should be greater than or equal to 0"),
-        (b'{"prompt": "x", "guidance_scale": "7"}', "guidance_scale: Input should be a valid number"),
+        (
+            b'{"prompt": "x", "guidance_scale": "7"}',
+            "guidance_scale: Input should be a valid number",
+        ),
     ],
     ids=[
         "empty-body",

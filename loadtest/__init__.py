@@ -1,0 +1,1 @@
+"""Load tools: the bounded load driver, the failover measurement, benchmarks."""
