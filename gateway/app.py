@@ -100,9 +100,10 @@ class Gateway:
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
-        snap = self.registry.snapshot()
-        if not any(p.healthy_replicas for p in snap.pools):
-            return False, "no healthy replica in any pool"
+        # Ejected replicas still count: in panic the gateway tries them. Probe failures do not.
+        live = (r for p in self.registry if not p.draining for r in p.replicas.values())
+        if not any(r.probe_ok for r in live):
+            return False, "no replica in any pool passes its readiness probe"
         return True, "ready"
 
     def describe(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class Failure(enum.StrEnum):
     SERVER_ERROR = "server_error"  # 5xx other than a capacity 503
     NOT_READY = "not_ready"  # 503 from a replica that is loading or draining
     CAPACITY = "capacity"  # 429, or 503 with Retry-After: a shortfall, not a fault
+    UNSUPPORTED = "unsupported"  # 422 unsupported_request: this pool cannot run it; try another
 
 
 EjectionListener = Callable[[ReplicaState, str], None]
@@ -73,6 +74,8 @@ class HealthTracker:
         now = self.clock.now()
         pool = self.registry.get(replica.pool)
         replica.last_error = f"{failure.value}: {detail}" if detail else failure.value
+        if failure is Failure.UNSUPPORTED:
+            return
         if failure is Failure.CAPACITY:
             hold = max(self.settings.capacity_hold_s, 0.0)
             pool.constrained_until = max(pool.constrained_until, now + hold)

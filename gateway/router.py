@@ -81,6 +81,8 @@ def classify(status: int, body: bytes) -> Failure | None:
     """The kind of failure an upstream status means, or None if it is the client's answer."""
     if status == 429:
         return Failure.CAPACITY
+    if status == 422 and b"unsupported_request" in body[:512]:
+        return Failure.UNSUPPORTED
     if status == 503:
         text = body[:512].lower()
         if b"capacity" in text or b"queue" in text:
@@ -170,9 +172,9 @@ class Router:
     ) -> Routed:
         excluded: set[str] = set()
         policy = self.policy()
-        while trace.attempts < self.settings.max_attempts:
-            retry = trace.attempts > 0
-            if retry and not self.budget.try_retry():
+        counted = 0  # attempts that count against max_attempts and the retry budget
+        while counted < self.settings.max_attempts:
+            if counted > 0 and not self.budget.try_retry():
                 self.metrics.retry_budget_exhausted.inc()
                 break
             decision = policy.decide(profile, self.registry.snapshot(), frozenset(excluded))
@@ -182,6 +184,8 @@ class Router:
             replica = pool.replicas[decision.replica]
             trace.attempts += 1
             outcome = await self._attempt(pool, replica, image, profile, request_id, trace)
+            # A pool that cannot run the request at all costs nothing to skip.
+            counted += outcome.failure is not Failure.UNSUPPORTED
             trace.upstream_s += outcome.upstream_s
             if outcome.response is not None:
                 return outcome.response
@@ -196,6 +200,10 @@ class Router:
     def _no_answer(self, profile: RequestProfile, trace: _Trace) -> GatewayError:
         retry_after = min(trace.retry_after_s, default=1) or 1
         failures = set(trace.failures)
+        if failures == {Failure.UNSUPPORTED}:
+            return InvalidRequestError(
+                f"no pool can run this request ({profile.shape}, n={profile.n})"
+            )
         if failures and failures <= {Failure.SERVER_ERROR, Failure.TIMEOUT}:
             if failures == {Failure.TIMEOUT}:
                 return UpstreamTimeoutError("the backends did not answer in time")
@@ -248,7 +256,7 @@ class Router:
         except BaseException:
             release()
             raise
-        if resp.status >= 500 or resp.status == 429:
+        if resp.status >= 500 or resp.status in (422, 429):
             try:
                 body = await resp.read()
             except Exception:
@@ -256,6 +264,17 @@ class Router:
             finally:
                 resp.close()
                 release()
+            if resp.status == 422 and classify(422, body) is None:
+                # The client's own mistake, caught by the backend: answer it as is.
+                return _Attempt(
+                    response=Routed(
+                        422,
+                        {"content-type": "application/json", "content-length": str(len(body))},
+                        _once(body),
+                        pool.name,
+                        trace.attempts,
+                    )
+                )
             failed = self._failed(pool, replica, resp.status, resp.headers, body)
             failed.upstream_s = time.perf_counter() - started
             return failed
