@@ -250,6 +250,7 @@ def _admin_routes(gateway: Gateway) -> APIRouter:
         async def action() -> Any:
             pool = gateway.pool(name)
             pool.draining = True
+            gateway.control.tick()
             return {"pool": name, "draining": True}
 
         return await admin(request, action)
@@ -259,6 +260,7 @@ def _admin_routes(gateway: Gateway) -> APIRouter:
         async def action() -> Any:
             pool = gateway.pool(name)
             pool.draining = False
+            gateway.control.tick()
             return {"pool": name, "draining": False}
 
         return await admin(request, action)
@@ -269,6 +271,7 @@ def _admin_routes(gateway: Gateway) -> APIRouter:
             pool = gateway.pool(name)
             body = body_of(PriceBody, await request.body())
             pool.price_per_hour_usd = body.price_per_hour
+            gateway.control.tick()
             return {"pool": name, "price_per_hour": pool.price_per_hour_usd}
 
         return await admin(request, action)

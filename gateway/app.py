@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from backends.clock import Clock, MonotonicClock
 from gateway import api
+from gateway.control.loop import ControlLoop
 from gateway.discovery import Discovery
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.health import HealthTracker
@@ -24,7 +25,7 @@ from gateway.pools import PoolRegistry, PoolState
 from gateway.proxy import AiohttpTransport, Transport
 from gateway.router import Router
 from gateway.scheduling.policy import POLICY_NAMES, Policy, build_policy
-from gateway.scheduling.types import CapacityState
+from gateway.scheduling.types import CapacityState, Priority
 from gateway.scheduling.weights import static_weights
 from gateway.settings import GatewaySettings
 
@@ -57,6 +58,7 @@ class Gateway:
             on_eject=lambda replica, _: self.metrics.ejections.labels(replica.pool).inc(),
         )
         self._transport = transport
+        self.control = ControlLoop(self.registry, settings, self.clock, self.metrics)
         self.router = Router(
             settings=settings,
             registry=self.registry,
@@ -65,6 +67,8 @@ class Gateway:
             transport=transport or _NotStarted(),
             metrics=self.metrics,
             clock=self.clock,
+            batch_admit=lambda: self.control.status.batch_admit_fraction,
+            rng=self.rng,
         )
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -72,8 +76,8 @@ class Gateway:
     # policy and mode ---------------------------------------------------------
 
     def policy_name(self) -> str:
-        # Until the control loop runs, `auto` routes cost-first.
-        return "cost" if self.mode == "auto" else self.mode
+        """The policy routing now: in `auto`, the state machine's cost or capacity."""
+        return self.control.status.effective_mode if self.mode == "auto" else self.mode
 
     def policy(self) -> Policy:
         name = self.policy_name()
@@ -88,6 +92,7 @@ class Gateway:
         if mode != self.mode:
             log.info("mode %s -> %s (operator)", self.mode, mode)
         self.mode = mode
+        self.control.set_mode(mode)
 
     def pool(self, name: str) -> PoolState:
         try:
@@ -109,7 +114,8 @@ class Gateway:
     def describe(self) -> dict[str, Any]:
         """Live state of every pool, for `GET /v1/pools` and the status page."""
         now = self.clock.now()
-        snap = self.registry.snapshot()
+        snap = self.registry.snapshot(Priority.INTERACTIVE)
+        allocation = self.control.status.allocation
         live = [p for p in snap.pools if p.capacity_state is not CapacityState.UNAVAILABLE]
         static = static_weights(self.policy_name(), live, snap) if live else {}
         pools = []
@@ -123,6 +129,12 @@ class Gateway:
                     "protocol": state.config.protocol,
                     "weight": round(weight, 6),
                     "capacity_state": view.capacity_state.value,
+                    "control_state": self.registry.control_states.get(
+                        view.name, view.capacity_state
+                    ).value,
+                    "desired_replicas": (
+                        allocation.desired_replicas.get(view.name) if allocation else None
+                    ),
                     "healthy_replicas": len(view.healthy_replicas),
                     "replicas_total": len(view.replicas),
                     "latency_s": round(view.latency_s, 6),
@@ -152,10 +164,27 @@ class Gateway:
                     ],
                 }
             )
+        status = self.control.status
+        allocation = status.allocation
         return {
             "mode": self.mode,
+            "effective_mode": status.effective_mode,
             "policy": self.policy_name(),
             "arrival_rate_per_s": round(snap.arrival_rate_per_s, 4),
+            "demand_per_s": {d.priority.value: round(d.rate_per_s, 4) for d in self.control.demand()},
+            "batch_admit_fraction": round(status.batch_admit_fraction, 4),
+            "spend_limited": status.spend_limited,
+            "projected_spend_per_hour_usd": (
+                round(allocation.spend_per_hour_usd, 4) if allocation is not None else None
+            ),
+            "deficit_per_s": (
+                round(allocation.total_deficit_per_s, 4) if allocation is not None else None
+            ),
+            "transitions": [
+                {"at_s": round(t.at, 3), "subject": t.subject, "from": t.old, "to": t.new,
+                 "reason": t.reason}
+                for t in list(status.transitions)[-20:]
+            ],
             "pools": pools,
         }
 
@@ -171,8 +200,10 @@ class Gateway:
         self.router.transport = transport
         discovery = Discovery(self.registry, self.settings, self.clock)
         await discovery.refresh()
+        self.control.tick()
         self._tasks = [
             asyncio.create_task(self.health.run(self._probe), name="health-probes"),
+            asyncio.create_task(self.control.run(), name="control-loop"),
             asyncio.create_task(discovery.run(), name="discovery"),
         ]
 

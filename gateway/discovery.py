@@ -16,8 +16,6 @@ from gateway.settings import GatewaySettings
 
 log = logging.getLogger("gateway.discovery")
 
-DEFAULT_INTERVAL_S = 10.0
-
 
 def split_host_port(target: str) -> tuple[str, int]:
     host, _, port = target.rpartition(":")
@@ -44,7 +42,7 @@ class Discovery:
     def __init__(self, registry: PoolRegistry, settings: GatewaySettings, clock: Clock) -> None:
         self.registry = registry
         self.clock = clock
-        self.interval_s = float(getattr(settings, "discovery_interval_s", DEFAULT_INTERVAL_S))
+        self.interval_s = settings.discovery_interval_s
 
     def _dns_pools(self) -> list[PoolState]:
         return [p for p in self.registry if p.config.dns]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -113,6 +113,24 @@ class GatewayMetrics:
         self.retry_budget_exhausted = Counter(
             "sd_gateway_retry_budget_exhausted_total",
             "Failovers refused by the retry budget.",
+            registry=r,
+        )
+        self.transitions = Counter(
+            "sd_gateway_transitions_total",
+            "Capacity state machine transitions: of the mode, or of a pool's state.",
+            ["kind", "subject", "to"],
+            registry=r,
+        )
+        self.desired_replicas = Gauge(
+            "sd_gateway_pool_desired_replicas",
+            "Replicas the pool should run to carry its allocation at target utilization.",
+            ["pool"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "sd_gateway_shed_total",
+            "Requests refused to protect interactive work or the spend limit.",
+            ["priority", "reason"],
             registry=r,
         )
         r.register(_PoolCollector(snapshot, mode))

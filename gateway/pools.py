@@ -8,11 +8,12 @@ the health checker records probes, the control loop publishes weights.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from backends.clock import Clock
-from gateway.scheduling.types import CapacityState, PoolView, ReplicaView, Snapshot
+from gateway.scheduling.types import CapacityState, PoolView, Priority, ReplicaView, Snapshot
 from gateway.settings import GatewaySettings, PoolConfig
 from gateway.stats import Ewma, WindowCounter
 
@@ -157,6 +158,12 @@ class PoolRegistry:
             p.name: PoolState(p, settings, now) for p in settings.pools
         }
         self.arrivals = WindowCounter(settings.rate_window_s)
+        self.arrivals_by_class = {p: WindowCounter(settings.rate_window_s) for p in Priority}
+        # Published by the control loop, replaced whole (never mutated) so a
+        # reader always sees one consistent tick: weights per class, and the
+        # controller's pool states (with hysteresis).
+        self.weights: Mapping[Priority, Mapping[str, float]] = {}
+        self.control_states: Mapping[str, CapacityState] = {}
 
     def __iter__(self) -> Iterator[PoolState]:
         return iter(self.pools.values())
@@ -173,14 +180,37 @@ class PoolRegistry:
 
     def in_panic(self, now: float) -> bool:
         """True when no replica anywhere is healthy: then ejected replicas are tried again."""
-        return not any(r.healthy(now) for r in self.replicas())
+        live = (r for p in self.pools.values() if not p.draining for r in p.replicas.values())
+        return not any(r.healthy(now) for r in live)
 
-    def snapshot(self) -> Snapshot:
-        """A frozen view of every pool for one scheduling decision."""
+    def record_arrival(self, priority: Priority, images: int) -> None:
+        now = self.clock.now()
+        self.arrivals.add(now, images)
+        self.arrivals_by_class[priority].add(now, images)
+
+    def snapshot(self, priority: Priority | None = None) -> Snapshot:
+        """A frozen view of every pool for one scheduling decision.
+
+        With a `priority`, pools carry the control loop's weights for that
+        class (None until the loop has published).
+        """
         now = self.clock.now()
         panic = self.in_panic(now)
+        weights = self.weights.get(priority) if priority is not None else None
+        views = []
+        for pool in self.pools.values():
+            view = pool.view(now, panic=panic)
+            control = self.control_states.get(pool.name)
+            if (
+                view.capacity_state is CapacityState.AVAILABLE
+                and control is CapacityState.RECOVERING
+            ):
+                view = dataclasses.replace(view, capacity_state=control)
+            if weights is not None:
+                view = dataclasses.replace(view, weight=weights.get(pool.name, 0.0))
+            views.append(view)
         return Snapshot(
-            pools=tuple(p.view(now, panic=panic) for p in self.pools.values()),
+            pools=tuple(views),
             arrival_rate_per_s=self.arrivals.rate(now),
             target_utilization=self.settings.target_utilization,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ from gateway.scheduling.types import Priority, RequestProfile
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("gateway.router")
+
+# Retry-After for shed batch work: about the time the control loop needs to see a change.
+SHED_RETRY_AFTER_S = 5
 
 
 @dataclass
@@ -116,8 +120,12 @@ class Router:
         transport: Transport,
         metrics: GatewayMetrics,
         clock: Clock,
+        batch_admit: Callable[[], float] = lambda: 1.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
+        self.batch_admit = batch_admit
+        self.rng = rng or random.Random(settings.seed)
         self.registry = registry
         self.health = health
         self.policy = policy
@@ -151,7 +159,12 @@ class Router:
         if not self.all_shapes_any and profile.shape not in self.known_shapes:
             shapes = ", ".join(sorted(self.known_shapes))
             raise InvalidRequestError(f"no pool serves {profile.shape}; shapes served: {shapes}")
-        self.registry.arrivals.add(self.clock.now(), image.n)
+        self.registry.record_arrival(priority, image.n)
+        if priority is Priority.BATCH and self.rng.random() >= self.batch_admit():
+            self.metrics.shed.labels(priority.value, "shortfall").inc()
+            raise ShedError(
+                "batch work is deferred while capacity is short", retry_after_s=SHED_RETRY_AFTER_S
+            )
         trace = _Trace()
         self.budget.start_request()
         try:
@@ -177,7 +190,9 @@ class Router:
             if counted > 0 and not self.budget.try_retry():
                 self.metrics.retry_budget_exhausted.inc()
                 break
-            decision = policy.decide(profile, self.registry.snapshot(), frozenset(excluded))
+            decision = policy.decide(
+                profile, self.registry.snapshot(profile.priority), frozenset(excluded)
+            )
             if decision is None:
                 break
             pool = self.registry.get(decision.pool)

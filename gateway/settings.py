@@ -199,13 +199,21 @@ class GatewaySettings(BaseSettings):
     outlier_consecutive_failures: int = Field(default=5, ge=1)  # errors in a row to eject
     outlier_base_ejection_s: float = Field(default=30.0, gt=0)  # times the ejection count
     outlier_max_ejection_s: float = Field(default=300.0, gt=0)  # cap on one ejection
-    outlier_max_ejected_share: float = Field(default=0.5, ge=0, le=1)  # of a pool's replicas
+    outlier_max_ejected_share: float = Field(default=0.5, ge=0, le=1)  # of all replicas, one always allowed
     capacity_hold_s: float = Field(default=5.0, ge=0)  # a capacity error marks a pool constrained
     slow_start_s: float = Field(default=10.0, ge=0)  # ramp of a (re)joined replica's share
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)  # weight of the newest latency sample
     rate_window_s: float = Field(default=10.0, gt=0)  # window of the arrival-rate estimate
     target_utilization: float = Field(default=0.8, gt=0, le=1)  # cost mode fills pools to this
     control_interval_s: float = Field(default=1.0, gt=0)  # period of the control loop
+    capacity_enter_share: float = Field(default=0.9, gt=0, le=1)  # demand/capacity: capacity mode
+    capacity_exit_share: float = Field(default=0.75, gt=0, le=1)  # demand/capacity: back to cost
+    capacity_mode_hold_s: float = Field(default=30.0, ge=0)  # shortfall clear this long: cost mode
+    recovery_hold_s: float = Field(
+        default=10.0, ge=0
+    )  # a recovered pool stays RECOVERING this long
+    max_spend_per_hour_usd: float | None = Field(default=None, gt=0)  # spend guardrail; None: off
+    discovery_interval_s: float = Field(default=10.0, gt=0)  # re-resolve DNS pools
     max_body_bytes: int = Field(default=1_048_576, ge=1)  # larger request bodies get 413
     max_connections_per_host: int = Field(default=64, ge=1)  # upstream connector bound
     seed: int | None = None  # tie-breaking randomness; None: from the OS
@@ -230,6 +238,14 @@ class GatewaySettings(BaseSettings):
         if interval_s is not None and timeout_s > interval_s:
             raise ValueError(f"must not exceed probe_interval_s ({interval_s})")
         return timeout_s
+
+    @field_validator("capacity_exit_share")
+    @classmethod
+    def _exit_below_enter(cls, exit_share: float, info: ValidationInfo) -> float:
+        enter = info.data.get("capacity_enter_share")
+        if enter is not None and exit_share > enter:
+            raise ValueError(f"must not exceed capacity_enter_share ({enter})")
+        return exit_share
 
     @field_validator("outlier_max_ejection_s")
     @classmethod

@@ -87,3 +87,18 @@ async def test_all_backends_failing_gives_502_without_internals() -> None:
         assert body["error"]["type"] == "upstream_error"
         assert "127.0.0.1" not in r.text and "Traceback" not in r.text
         assert r.headers["X-Request-ID"]
+
+
+async def test_timeout_before_the_answer_fails_over() -> None:
+    pools = (
+        ("inf2", "inf2", 1, 0.05, 0.7582, ["512x512"]),
+        ("g6", "g6", 1, 0.05, 0.8048, None),
+    )
+    async with start_stack(pools, read_timeout_s=0.5) as stack:
+        await stack.fault("inf2", latency_multiplier=40.0)  # 2 s per image, read timeout 0.5 s
+        r = await stack.client.post("/v1/images", json={"prompt": "x"})
+        assert r.status_code == 200
+        assert r.headers["X-Gateway-Pool"] == "g6"
+        assert r.headers["X-Gateway-Attempts"] == "2"
+        metrics = (await stack.client.get("/metrics")).text
+        assert 'sd_gateway_failovers_total{pool="inf2",reason="timeout"} 1.0' in metrics

@@ -493,7 +493,8 @@ def test_snapshot_reflects_live_load() -> None:
     assert (inf2.outstanding, g5.outstanding, g6.outstanding) == (8, 0, 2)
     assert snapshot.arrival_rate_per_s == pytest.approx(20 / 4.0)
     assert snapshot.target_utilization == 0.8
-    assert (inf2.accelerator, inf2.price_per_hour_usd, inf2.latency_s) == ("inf2.xlarge", 0.7582, 0.67)
+    assert (inf2.accelerator, inf2.price_per_hour_usd) == ("inf2.xlarge", 0.7582)
+    assert (inf2.latency_s, g5.latency_s) == (0.67, 1.0)
     assert (inf2.shapes, g5.shapes) == (frozenset({"512x512"}), None)
     assert (g6.slots_per_replica, g6.replicas[0].slots) == (2, 2)
     assert all(p.capacity_state is CapacityState.AVAILABLE for p in snapshot.pools)
@@ -664,6 +665,18 @@ def test_panic_mode_when_every_replica_is_not_ready() -> None:
     snapshot = rig.registry.snapshot()
     assert rig.registry.in_panic(rig.clock.now())
     assert all(r.healthy for p in snapshot.pools for r in p.replicas)
+
+
+def test_panic_mode_ignores_draining_pools() -> None:
+    rig = make_rig(outlier_max_ejected_share=0.5)
+    rig.registry.get("inf2").draining = True  # POST /admin/pools/inf2/drain
+    rig.fail(G5, Failure.CONNECT)
+    rig.fail(G6, Failure.CONNECT)  # two of four replicas: within the ejected share
+    snapshot = rig.registry.snapshot()
+    routable = [p for p in snapshot.pools if p.capacity_state is not CapacityState.UNAVAILABLE]
+    assert [p.name for p in routable] == ["g5", "g6"]
+    assert all(r.healthy for p in routable for r in p.replicas)
+    assert rig.registry.in_panic(rig.clock.now())
 
 
 def test_set_replicas_keeps_survivors_and_warms_up_newcomers() -> None:

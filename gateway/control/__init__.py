@@ -1,0 +1,1 @@
+"""The control loop: measure demand and supply, compute an allocation, publish weights."""
