@@ -171,7 +171,9 @@ class Gateway:
             "effective_mode": status.effective_mode,
             "policy": self.policy_name(),
             "arrival_rate_per_s": round(snap.arrival_rate_per_s, 4),
-            "demand_per_s": {d.priority.value: round(d.rate_per_s, 4) for d in self.control.demand()},
+            "demand_per_s": {
+                d.priority.value: round(d.rate_per_s, 4) for d in self.control.demand()
+            },
             "batch_admit_fraction": round(status.batch_admit_fraction, 4),
             "spend_limited": status.spend_limited,
             "projected_spend_per_hour_usd": (
@@ -181,8 +183,13 @@ class Gateway:
                 round(allocation.total_deficit_per_s, 4) if allocation is not None else None
             ),
             "transitions": [
-                {"at_s": round(t.at, 3), "subject": t.subject, "from": t.old, "to": t.new,
-                 "reason": t.reason}
+                {
+                    "at_s": round(t.at, 3),
+                    "subject": t.subject,
+                    "from": t.old,
+                    "to": t.new,
+                    "reason": t.reason,
+                }
                 for t in list(status.transitions)[-20:]
             ],
             "pools": pools,

@@ -199,7 +199,9 @@ class GatewaySettings(BaseSettings):
     outlier_consecutive_failures: int = Field(default=5, ge=1)  # errors in a row to eject
     outlier_base_ejection_s: float = Field(default=30.0, gt=0)  # times the ejection count
     outlier_max_ejection_s: float = Field(default=300.0, gt=0)  # cap on one ejection
-    outlier_max_ejected_share: float = Field(default=0.5, ge=0, le=1)  # of all replicas, one always allowed
+    outlier_max_ejected_share: float = Field(
+        default=0.5, ge=0, le=1
+    )  # of all replicas, one always allowed
     capacity_hold_s: float = Field(default=5.0, ge=0)  # a capacity error marks a pool constrained
     slow_start_s: float = Field(default=10.0, ge=0)  # ramp of a (re)joined replica's share
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)  # weight of the newest latency sample

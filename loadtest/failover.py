@@ -15,6 +15,7 @@ import asyncio
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,55 @@ async def measure(runs: int) -> dict[str, dict[str, float]]:
     return report
 
 
+async def mode_switch_run(hold_s: float = 2.0) -> tuple[float, float, int]:
+    """Seconds to capacity mode after inf2 capacity errors, and back to cost after they clear."""
+    pools = (
+        ("inf2", "inf2", 2, 0.05, 0.7582, ["512x512"]),
+        ("g5", "g5-cuda", 2, 0.08, 1.006, None),
+    )
+    control = {
+        "control_interval_s": 0.2,
+        "capacity_hold_s": 0.5,
+        "capacity_mode_hold_s": hold_s,
+        "recovery_hold_s": 0.5,
+    }
+
+    async def until(stack: Any, mode: str) -> float:
+        started = time.perf_counter()
+        while (await stack.client.get("/v1/pools")).json()["effective_mode"] != mode:
+            await asyncio.sleep(0.02)
+        return time.perf_counter() - started
+
+    async with start_stack(pools, **control) as stack:
+        load = await closed_loop(stack.client, 1.0, workers=2)
+        task = asyncio.create_task(closed_loop(stack.client, 3.0, workers=2, load=load))
+        await stack.fault("inf2", capacity_error=True)
+        to_capacity = await asyncio.wait_for(until(stack, "capacity"), 10)
+        await task
+        for server in stack.backends["inf2"]:
+            await stack.admin.delete(server.url + "/admin/faults")
+        task = asyncio.create_task(closed_loop(stack.client, hold_s + 3.0, workers=2, load=load))
+        to_cost = await asyncio.wait_for(until(stack, "cost"), 20)
+        await task
+    return to_capacity, to_cost, len(load.failures)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--modes", action="store_true", help="measure mode switching instead")
     args = parser.parse_args(argv)
+    if args.modes:
+        runs = [asyncio.run(mode_switch_run()) for _ in range(args.runs)]
+        up = statistics.median(r[0] for r in runs)
+        down = statistics.median(r[1] for r in runs)
+        failures = sum(r[2] for r in runs)
+        print(
+            f"to capacity mode after inf2 capacity errors: median {up:.2f} s; back to cost "
+            f"after they clear (hold 2 s): median {down:.2f} s; client failures {failures}"
+        )
+        return 0 if failures == 0 else 1
     report = asyncio.run(measure(args.runs))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
