@@ -6,6 +6,7 @@ import hmac
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -177,9 +178,20 @@ def build_routes(gateway: Gateway) -> APIRouter:
     async def pools() -> Response:
         return json_response(gateway.describe())
 
+    @routes.get("/v1/pools/history")
+    async def pools_history() -> Response:
+        points = [{"t": round(t, 3), "pools": pools} for t, pools in gateway.control.status.history]
+        return json_response({"points": points})
+
     @routes.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    status_page = (Path(__file__).parent / "static" / "status.html").read_bytes()
+
+    @routes.get("/")
+    async def index() -> Response:
+        return Response(status_page, media_type="text/html; charset=utf-8")
 
     @routes.get("/healthz")
     async def healthz() -> Response:

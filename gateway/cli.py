@@ -24,9 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
     serve.add_argument("--log-level", default="info")
     demo = sub.add_parser("demo", help="simulated pools and the gateway on 127.0.0.1")
-    demo.add_argument("--duration", type=float, default=45.0, help="seconds of load")
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     demo.add_argument("--port", type=int, default=0, help="gateway port (0: any free port)")
-    demo.add_argument("--rate", type=float, default=1.5, help="steady requests per second")
+    demo.add_argument("--rate", type=float, default=1.0, help="steady requests per second")
     demo.add_argument("--serve", action="store_true", help="keep running after the load")
     demo.add_argument("--log-level", default="warning")
     return parser

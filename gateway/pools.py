@@ -23,6 +23,7 @@ OUTCOME_HISTORY = 20
 # pool that was slow once is tried again instead of being starved of samples forever.
 LATENCY_STALE_AFTER_S = 10.0
 LATENCY_RELAX_TAU_S = 20.0
+DEMAND_MIN_SPAN_S = 5.0
 
 
 class ReplicaState:
@@ -157,8 +158,10 @@ class PoolRegistry:
         self.pools: dict[str, PoolState] = {
             p.name: PoolState(p, settings, now) for p in settings.pools
         }
-        self.arrivals = WindowCounter(settings.rate_window_s)
-        self.arrivals_by_class = {p: WindowCounter(settings.rate_window_s) for p in Priority}
+        # Demand estimates feed mode switches: read the first seconds over 5 s, not 1 s.
+        window, span = settings.rate_window_s, DEMAND_MIN_SPAN_S
+        self.arrivals = WindowCounter(window, span)
+        self.arrivals_by_class = {p: WindowCounter(window, span) for p in Priority}
         # Published by the control loop, replaced whole (never mutated) so a
         # reader always sees one consistent tick: weights per class, and the
         # controller's pool states (with hysteresis).

@@ -47,15 +47,17 @@ class WindowCounter:
 
     `add(now, n)` records `n` events at `now`; `rate(now)` is the count in the
     last `window_s` seconds divided by the window (or by the time observed,
-    if shorter, so a new counter is not biased low).
+    if shorter, so a new counter is not biased low; but never by less than
+    `min_span_s`, so a burst in the first second is not read as a rate).
     """
 
-    __slots__ = ("_buckets", "_started", "window_s")
+    __slots__ = ("_buckets", "_started", "min_span_s", "window_s")
 
-    def __init__(self, window_s: float = 10.0) -> None:
+    def __init__(self, window_s: float = 10.0, min_span_s: float = 1.0) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self.window_s = window_s
+        self.min_span_s = min(max(min_span_s, 1e-9), window_s)
         self._buckets: collections.deque[list[float]] = collections.deque()  # [second, count]
         self._started: float | None = None
 
@@ -76,7 +78,7 @@ class WindowCounter:
     def rate(self, now: float) -> float:
         if self._started is None:
             return 0.0
-        span = min(self.window_s, max(1.0, now - self._started))
+        span = min(self.window_s, max(self.min_span_s, now - self._started))
         return self.count(now) / span
 
     def _trim(self, now: float) -> None:

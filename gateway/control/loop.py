@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 from backends.clock import Clock
@@ -28,6 +29,7 @@ log = logging.getLogger("gateway.control")
 # Modes whose routing the optimizer drives; the others are plain policies.
 OPTIMIZED_MODES = ("auto", "cost", "capacity")
 TRANSITION_HISTORY = 100
+HISTORY_POINTS = 600  # ten minutes at the default interval
 
 
 @dataclass
@@ -42,6 +44,10 @@ class ControlStatus:
     ticks: int = 0
     transitions: collections.deque[Transition] = field(
         default_factory=lambda: collections.deque(maxlen=TRANSITION_HISTORY)
+    )
+    # One point a tick for the status page: (wall-clock seconds, {pool: {series: value}}).
+    history: collections.deque[tuple[float, dict[str, dict[str, float | None]]]] = field(
+        default_factory=lambda: collections.deque(maxlen=HISTORY_POINTS)
     )
 
 
@@ -161,7 +167,20 @@ class ControlLoop:
         self.status.spend_limited = limited
         self.status.ticks += 1
         self._export(allocation)
+        self._record(snap)
         return self.status
+
+    def _record(self, snap: Snapshot) -> None:
+        weights = self.registry.weights.get(Priority.INTERACTIVE)
+        point: dict[str, dict[str, float | None]] = {}
+        for view in snap.pools:
+            point[view.name] = {
+                "weight": weights.get(view.name, 0.0) if weights is not None else None,
+                "latency_s": view.latency_s,
+                "queue_s": view.wait_s if math.isfinite(view.wait_s) else None,
+                "cost_per_image_usd": view.cost_per_image_usd,
+            }
+        self.status.history.append((time.time(), point))
 
     def _signal(self, view: PoolView, now: float) -> PoolSignal:
         pool = self.registry.get(view.name)

@@ -17,7 +17,13 @@ import pytest
 
 from backends.clock import ManualClock
 from gateway.health import MAX_CAPACITY_HOLD_S, Failure, HealthTracker
-from gateway.pools import LATENCY_RELAX_TAU_S, LATENCY_STALE_AFTER_S, PoolRegistry, ReplicaState
+from gateway.pools import (
+    DEMAND_MIN_SPAN_S,
+    LATENCY_RELAX_TAU_S,
+    LATENCY_STALE_AFTER_S,
+    PoolRegistry,
+    ReplicaState,
+)
 from gateway.scheduling.types import CapacityState
 from gateway.settings import GatewaySettings, settings_from_dict
 
@@ -491,7 +497,8 @@ def test_snapshot_reflects_live_load() -> None:
     ]
     # Outstanding counts each replica's larger figure: the gateway's own or the reported.
     assert (inf2.outstanding, g5.outstanding, g6.outstanding) == (8, 0, 2)
-    assert snapshot.arrival_rate_per_s == pytest.approx(20 / 4.0)
+    # 20 arrivals 4 s ago: a young demand counter divides by at least DEMAND_MIN_SPAN_S
+    assert snapshot.arrival_rate_per_s == pytest.approx(20 / max(4.0, DEMAND_MIN_SPAN_S))
     assert snapshot.target_utilization == 0.8
     assert (inf2.accelerator, inf2.price_per_hour_usd) == ("inf2.xlarge", 0.7582)
     assert (inf2.latency_s, g5.latency_s) == (0.67, 1.0)
