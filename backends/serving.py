@@ -56,7 +56,7 @@ class GracefulServer(uvicorn.Server):
             self.should_exit = True
 
 
-class _QuietServer(GracefulServer):
+class QuietServer(GracefulServer):
     """Installs no signal handlers: the embedding program owns them."""
 
     @contextlib.contextmanager
@@ -115,7 +115,7 @@ async def running_server(
 ) -> AsyncIterator[RunningServer]:
     """Serve `app` on `host:port` in this event loop until the block exits."""
     sock = bind_socket(host, port)
-    server = _QuietServer(uvicorn_config(app, **config), on_drain=on_drain)
+    server = QuietServer(uvicorn_config(app, **config), on_drain=on_drain)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"uvicorn:{sock.getsockname()}")
     try:
         async with asyncio.timeout(startup_timeout_s):

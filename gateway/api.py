@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import time
@@ -29,11 +30,14 @@ from gateway.admission import parse_priority
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
+    NoCapacityError,
     NotFoundError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     UnauthorizedError,
 )
 from gateway.router import Routed
+from gateway.security import client_address
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -116,7 +120,16 @@ class OpenAIImageRequest(BaseModel):
             raise InvalidRequestError(message) from None
 
 
-def build_routes(gateway: Gateway) -> APIRouter:
+def _proto(header: str | None, request: Request, settings: Any) -> str:
+    """The client's scheme: from a trusted proxy's X-Forwarded-Proto, else our own."""
+    if settings.trusted_proxies > 0 and header:
+        value = header.split(",")[-1].strip().lower()
+        if value in ("http", "https"):
+            return value
+    return request.url.scheme
+
+
+def build_routes(gateway: Gateway, *, admin: bool, metrics: bool) -> APIRouter:
     routes = APIRouter()
     settings = gateway.settings
 
@@ -127,11 +140,17 @@ def build_routes(gateway: Gateway) -> APIRouter:
             raise PayloadTooLargeError(f"request body over {limit} bytes")
         chunks = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"request body over {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(settings.body_read_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLargeError(f"request body over {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"request body not received within {settings.body_read_timeout_s:g} s"
+            ) from None
         return b"".join(chunks)
 
     def request_id_of(request: Request) -> str:
@@ -144,9 +163,13 @@ def build_routes(gateway: Gateway) -> APIRouter:
         received_at = time.perf_counter()
         request_id = request_id_of(request)
         priority_name = "interactive"
+        incoming = request.headers
         try:
-            priority = parse_priority(request.headers.get("x-priority"))
+            gateway.keys.check(incoming.get("authorization"), incoming.get("x-api-key"))
+            priority = parse_priority(incoming.get("x-priority"))
             priority_name = priority.value
+            if gateway.router.budget.active_requests >= settings.max_in_flight_requests:
+                raise NoCapacityError("the gateway is at its in-flight limit", retry_after_s=1)
             raw = await read_body(request)
             try:
                 if openai:
@@ -155,7 +178,14 @@ def build_routes(gateway: Gateway) -> APIRouter:
                     image = parse_body(ImageRequest, raw)
             except BodyError as exc:
                 raise InvalidRequestError(str(exc)) from None
-            routed = await gateway.router.route(image, priority, request_id, received_at)
+            peer = request.client.host if request.client else None
+            forwarded = {
+                "X-Forwarded-For": client_address(
+                    incoming.get("x-forwarded-for"), peer, settings.trusted_proxies
+                ),
+                "X-Forwarded-Proto": _proto(incoming.get("x-forwarded-proto"), request, settings),
+            }
+            routed = await gateway.router.route(image, priority, request_id, received_at, forwarded)
         except GatewayError as exc:
             gateway.metrics.requests.labels("none", str(exc.status), priority_name).inc()
             return error_response(exc, request_id)
@@ -183,9 +213,8 @@ def build_routes(gateway: Gateway) -> APIRouter:
         points = [{"t": round(t, 3), "pools": pools} for t, pools in gateway.control.status.history]
         return json_response({"points": points})
 
-    @routes.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if metrics:
+        routes.include_router(metrics_routes(gateway))
 
     status_page = (Path(__file__).parent / "static" / "status.html").read_bytes()
 
@@ -202,7 +231,18 @@ def build_routes(gateway: Gateway) -> APIRouter:
         ready, reason = gateway.readiness()
         return json_response({"ready": ready, "reason": reason}, 200 if ready else 503)
 
-    routes.include_router(_admin_routes(gateway))
+    if admin:
+        routes.include_router(admin_routes(gateway))
+    return routes
+
+
+def metrics_routes(gateway: Gateway) -> APIRouter:
+    routes = APIRouter()
+
+    @routes.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     return routes
 
 
@@ -216,7 +256,7 @@ class PriceBody(BaseModel):
     price_per_hour: float = Field(ge=0.0, le=1000.0)
 
 
-def _admin_routes(gateway: Gateway) -> APIRouter:
+def admin_routes(gateway: Gateway) -> APIRouter:
     routes = APIRouter(prefix="/admin")
 
     def authorize(request: Request) -> None:
@@ -291,5 +331,16 @@ def _admin_routes(gateway: Gateway) -> APIRouter:
     return routes
 
 
-def install(app: FastAPI, gateway: Gateway) -> None:
-    app.include_router(build_routes(gateway))
+def install(app: FastAPI, gateway: Gateway) -> FastAPI | None:
+    """Mount the routes; with `admin_port` set, returns a second app for the admin port."""
+    settings = gateway.settings
+    separate = settings.admin_port is not None
+    metrics_here = not (separate and settings.metrics_on_admin_port)
+    app.include_router(build_routes(gateway, admin=not separate, metrics=metrics_here))
+    if not separate:
+        return None
+    admin_app = FastAPI(title="sd-gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
+    admin_app.include_router(admin_routes(gateway))
+    if not metrics_here:
+        admin_app.include_router(metrics_routes(gateway))
+    return admin_app

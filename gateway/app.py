@@ -27,6 +27,7 @@ from gateway.router import Router
 from gateway.scheduling.policy import POLICY_NAMES, Policy, build_policy
 from gateway.scheduling.types import CapacityState, Priority
 from gateway.scheduling.weights import static_weights
+from gateway.security import ApiKeys, load_keys
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("gateway.app")
@@ -59,6 +60,7 @@ class Gateway:
         )
         self._transport = transport
         self.control = ControlLoop(self.registry, settings, self.clock, self.metrics)
+        self.keys = ApiKeys(load_keys(settings), settings, self.clock)
         self.router = Router(
             settings=settings,
             registry=self.registry,
@@ -223,10 +225,21 @@ class Gateway:
         return status == 200, depth if isinstance(depth, int) else None
 
     async def drain(self) -> None:
-        """On SIGTERM: readiness turns 503, in-flight requests finish, then the server stops."""
+        """On SIGTERM: readiness turns 503 at once; new and in-flight requests are still
+        served for `drain_delay_s` (so the load balancer can deregister us), then the
+        in-flight ones are waited for (at most `shutdown_timeout_s`) before the server stops.
+        """
         self.draining = True
-        while self.router.budget.active_requests > 0:
-            await asyncio.sleep(0.05)
+        log.info("draining: readiness 503, serving for %.0f s more", self.settings.drain_delay_s)
+        await self.clock.sleep(self.settings.drain_delay_s)
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                while self.router.budget.active_requests > 0:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.warning(
+                "shutdown timeout with %d requests in flight", self.router.budget.active_requests
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -270,5 +283,5 @@ def create_app(
 
     app = FastAPI(title="sd-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
-    api.install(app, gateway)
+    app.state.admin_app = api.install(app, gateway)
     return app

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+import uvicorn
+
+from backends.serving import GracefulServer, QuietServer, bind_socket, uvicorn_config
+from gateway.app import create_app
+from gateway.httpserver import limited_protocol
 from gateway.settings import ConfigError, GatewaySettings, load_settings
 
 EXIT_CONFIG = 2
@@ -34,17 +42,43 @@ def _parser() -> argparse.ArgumentParser:
 
 def _factory() -> object:
     """Uvicorn factory for multi-worker runs: each worker loads the config itself."""
-    from gateway.app import create_app
-
     return create_app(load_settings(os.environ[CONFIG_ENV]))
 
 
+def server_options(settings: GatewaySettings) -> dict[str, Any]:
+    """Uvicorn options that carry the gateway's connection limits."""
+    return {
+        "http": limited_protocol(settings.max_header_bytes, settings.header_read_timeout_s),
+        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": settings.keepalive_timeout_s,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+    }
+
+
+async def _serve(settings: GatewaySettings, sock: socket.socket, log_level: str) -> None:
+    app = create_app(settings)
+    gateway = app.state.gateway
+    options = server_options(settings) | {"log_level": log_level}
+    server = GracefulServer(uvicorn_config(app, **options), on_drain=gateway.drain)
+    admin_app = app.state.admin_app
+    if admin_app is None:
+        await server.serve(sockets=[sock])
+        return
+    assert settings.admin_port is not None
+    admin_sock = bind_socket(settings.host, settings.admin_port)
+    print(
+        f"sd-gateway: admin API on http://{settings.host}:{admin_sock.getsockname()[1]}", flush=True
+    )
+    admin = QuietServer(uvicorn_config(admin_app, lifespan="off", log_level=log_level))
+    admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        admin.should_exit = True
+        await admin_task
+
+
 def serve(settings: GatewaySettings, config_path: str, log_level: str) -> int:
-    import uvicorn
-
-    from backends.serving import GracefulServer, bind_socket, uvicorn_config
-    from gateway.app import create_app
-
     if settings.workers > 1:
         os.environ[CONFIG_ENV] = os.path.abspath(config_path)
         uvicorn.run(
@@ -53,10 +87,9 @@ def serve(settings: GatewaySettings, config_path: str, log_level: str) -> int:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            http="httptools",
             access_log=False,
             log_level=log_level,
-            timeout_keep_alive=75,
+            **server_options(settings),
         )
         return 0
     try:
@@ -66,12 +99,8 @@ def serve(settings: GatewaySettings, config_path: str, log_level: str) -> int:
             f"sd-gateway: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr
         )
         return 1
-    app = create_app(settings)
-    server = GracefulServer(
-        uvicorn_config(app, log_level=log_level), on_drain=app.state.gateway.drain
-    )
     print(f"sd-gateway: listening on http://{settings.host}:{sock.getsockname()[1]}", flush=True)
-    server.run(sockets=[sock])
+    asyncio.run(_serve(settings, sock, log_level))
     return 0
 
 

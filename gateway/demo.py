@@ -32,6 +32,7 @@ from rich.table import Table
 from backends.local import start_backend
 from backends.serving import RunningServer, running_server
 from gateway.app import create_app as create_gateway
+from gateway.cli import server_options
 from gateway.settings import GatewaySettings, settings_from_dict
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
@@ -308,7 +309,10 @@ async def _run(
             ports.setdefault(pool, []).append(server.port)
         settings = demo_settings(ports, port)
         app = create_gateway(settings)
-        async with running_server(app, port=port, on_drain=app.state.gateway.drain) as gw:
+        options = server_options(settings)
+        async with running_server(
+            app, port=port, on_drain=app.state.gateway.drain, **options
+        ) as gw:
             print(f"gateway {gw.url}   status page {gw.url}/   pools {gw.url}/v1/pools", flush=True)
             demo = Demo(gw.url, backends, settings)
             watcher = asyncio.create_task(demo.watch(console, live))

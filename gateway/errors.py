@@ -25,6 +25,11 @@ class PayloadTooLargeError(GatewayError):
     kind = "payload_too_large"
 
 
+class RequestTimeoutError(GatewayError):
+    status = 408
+    kind = "request_timeout"
+
+
 class UnauthorizedError(GatewayError):
     status = 401
     kind = "unauthorized"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -92,7 +93,7 @@ def classify(status: int, body: bytes) -> Failure | None:
         if b"capacity" in text or b"queue" in text:
             return Failure.CAPACITY
         return Failure.NOT_READY
-    if status >= 500:
+    if status >= 500 or 300 <= status < 400:  # redirects are never followed
         return Failure.SERVER_ERROR
     return None
 
@@ -152,7 +153,12 @@ class Router:
         )
 
     async def route(
-        self, image: ImageRequest, priority: Priority, request_id: str, received_at: float
+        self,
+        image: ImageRequest,
+        priority: Priority,
+        request_id: str,
+        received_at: float,
+        forwarded: Mapping[str, str] | None = None,
     ) -> Routed:
         """Serve `image`; raises a GatewayError subclass when no pool can."""
         profile = self.profile(image, priority)
@@ -169,7 +175,7 @@ class Router:
         self.budget.start_request()
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                routed = await self._attempts(image, profile, request_id, trace)
+                routed = await self._attempts(image, profile, request_id, trace, forwarded or {})
         except TimeoutError:
             raise UpstreamTimeoutError(
                 f"no backend answered within {self.settings.request_timeout_s:g} s"
@@ -181,7 +187,12 @@ class Router:
         return routed
 
     async def _attempts(
-        self, image: ImageRequest, profile: RequestProfile, request_id: str, trace: _Trace
+        self,
+        image: ImageRequest,
+        profile: RequestProfile,
+        request_id: str,
+        trace: _Trace,
+        forwarded: Mapping[str, str],
     ) -> Routed:
         excluded: set[str] = set()
         policy = self.policy()
@@ -195,10 +206,22 @@ class Router:
             )
             if decision is None:
                 break
+            if (
+                not decision.meets_slo
+                and decision.predicted_completion_s
+                > self.settings.overload_slo_factor * profile.slo_s
+            ):
+                # Overloaded everywhere: refuse now rather than queue work that will be late.
+                trace.retry_after_s.append(max(1, math.ceil(decision.predicted_completion_s)))
+                trace.failures.append(Failure.CAPACITY)
+                self.metrics.shed.labels(profile.priority.value, "overload").inc()
+                break
             pool = self.registry.get(decision.pool)
             replica = pool.replicas[decision.replica]
             trace.attempts += 1
-            outcome = await self._attempt(pool, replica, image, profile, request_id, trace)
+            outcome = await self._attempt(
+                pool, replica, image, profile, request_id, trace, forwarded
+            )
             # A pool that cannot run the request at all costs nothing to skip.
             counted += outcome.failure is not Failure.UNSUPPORTED
             trace.upstream_s += outcome.upstream_s
@@ -239,6 +262,7 @@ class Router:
         profile: RequestProfile,
         request_id: str,
         trace: _Trace,
+        forwarded: Mapping[str, str],
     ) -> _Attempt:
         now = self.clock.now()
         pool.requests.add(now)
@@ -260,6 +284,7 @@ class Router:
                 "Accept": "application/json",
                 "X-Request-ID": request_id,
                 "X-Priority": profile.priority.value,
+                **forwarded,
             }
             body = orjson.dumps(image.model_dump(exclude_none=True))
             resp = await self.transport.post(
@@ -271,7 +296,7 @@ class Router:
         except BaseException:
             release()
             raise
-        if resp.status >= 500 or resp.status in (422, 429):
+        if resp.status >= 500 or resp.status in (422, 429) or 300 <= resp.status < 400:
             try:
                 body = await resp.read()
             except Exception:

@@ -217,6 +217,22 @@ class GatewaySettings(BaseSettings):
     max_spend_per_hour_usd: float | None = Field(default=None, gt=0)  # spend guardrail; None: off
     discovery_interval_s: float = Field(default=10.0, gt=0)  # re-resolve DNS pools
     max_body_bytes: int = Field(default=1_048_576, ge=1)  # larger request bodies get 413
+    max_header_bytes: int = Field(default=16_384, ge=1024)  # larger request heads get 431
+    header_read_timeout_s: float = Field(default=10.0, gt=0)  # slowloris guard
+    body_read_timeout_s: float = Field(default=60.0, gt=0)  # slower bodies get 408
+    max_connections: int = Field(default=4096, ge=1)  # concurrent client connections; then 503
+    keepalive_timeout_s: float = Field(default=75.0, gt=0)  # above an ALB's 60 s idle timeout
+    max_in_flight_requests: int = Field(default=2048, ge=1)  # image requests at once; then 503
+    overload_slo_factor: float = Field(default=3.0, ge=1)  # shed when predicted > this x SLO
+    drain_delay_s: float = Field(default=15.0, ge=0)  # after SIGTERM: keep serving this long
+    shutdown_timeout_s: float = Field(default=330.0, gt=0)  # then wait for in-flight work
+    api_keys: tuple[str, ...] = Field(default=(), repr=False)  # empty and no file: no auth
+    api_keys_file: str | None = None  # one key per line; '#' comments
+    api_key_rate_per_s: float = Field(default=10.0, gt=0)  # per-key sustained request rate
+    api_key_burst: int = Field(default=20, ge=1)  # per-key burst
+    admin_port: int | None = Field(default=None, ge=0, le=65535)  # admin API on its own port
+    metrics_on_admin_port: bool = False  # serve /metrics only on the admin port
+    trusted_proxies: int = Field(default=0, ge=0, le=16)  # proxies in front (an ALB: 1)
     max_connections_per_host: int = Field(default=64, ge=1)  # upstream connector bound
     seed: int | None = None  # tie-breaking randomness; None: from the OS
 

@@ -18,6 +18,7 @@ import httpx
 from backends.local import start_backend
 from backends.serving import RunningServer, running_server
 from gateway.app import Gateway, create_app
+from gateway.cli import server_options
 from gateway.settings import settings_from_dict
 
 # (pool, profile, replicas, latency_s, price, shapes)
@@ -94,7 +95,7 @@ async def start_stack(
             config_pools.append(pool)
         settings = settings_from_dict(FAST_HEALTH | {"pools": config_pools} | overrides)
         app = create_app(settings)
-        gw = await stack.enter_async_context(running_server(app))
+        gw = await stack.enter_async_context(running_server(app, **server_options(settings)))
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         client = await stack.enter_async_context(
             httpx.AsyncClient(base_url=gw.url, timeout=30, limits=limits)

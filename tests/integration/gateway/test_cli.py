@@ -14,6 +14,7 @@ import pytest
 
 GOOD = """
 mode: cost
+drain_delay_s: 0.2
 pools:
   - name: g6
     accelerator: g6.xlarge
