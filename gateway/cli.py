@@ -52,6 +52,8 @@ def server_options(settings: GatewaySettings) -> dict[str, Any]:
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": settings.keepalive_timeout_s,
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        # X-Forwarded-For is read by the gateway itself, with its trusted-proxy count.
+        "proxy_headers": False,
     }
 
 
