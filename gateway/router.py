@@ -332,7 +332,7 @@ class Router:
             response=Routed(
                 status=resp.status,
                 headers=headers,
-                body=_stream(resp, release),
+                body=_stream(resp, release, lambda: self._broken_stream(pool, replica)),
                 pool=pool.name,
                 attempts=trace.attempts,
                 close=close,
@@ -351,6 +351,12 @@ class Router:
             self.health.note_retry_after(replica, retry_after)
         self.metrics.attempts.labels(pool.name, failure.value).inc()
         return _Attempt(failure=failure, retry_after_s=retry_after, detail=f"HTTP {status}")
+
+    def _broken_stream(self, pool: PoolState, replica: ReplicaState) -> None:
+        log.warning("the body from %s broke off mid-stream", replica.url)
+        # As unambiguous as a refused connection: take the replica out at once.
+        self.health.record_failure(replica, Failure.CONNECT, "body broke off")
+        self.metrics.attempts.labels(pool.name, "broken_body").inc()
 
     def _transport_failure(
         self, pool: PoolState, replica: ReplicaState, exc: Exception, started: float
@@ -466,10 +472,18 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _stream(resp: UpstreamResponse, release: Callable[[], None]) -> AsyncIterator[bytes]:
+async def _stream(
+    resp: UpstreamResponse, release: Callable[[], None], on_broken: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """The upstream body, chunk by chunk; a body cut short counts against the replica."""
     try:
         async for chunk in resp.chunks():
             yield chunk
+    except Exception:
+        # Bytes already went to the client: nothing can be retried. The client sees
+        # the connection end early; the replica is charged with a failure.
+        on_broken()
+        raise
     finally:
         resp.close()
         release()
