@@ -207,7 +207,7 @@ class Gateway:
         )
         self._transport = transport
         self.router.transport = transport
-        discovery = Discovery(self.registry, self.settings, self.clock)
+        discovery = Discovery(self.registry, self.settings, self.clock, fetch=transport.get_json)
         await discovery.refresh()
         self.control.tick()
         self._tasks = [

@@ -45,12 +45,22 @@ class ReplicaState:
         self.joined_at = now - 1e9  # configured replicas start at full weight
         self.capabilities: dict[str, object] | None = None
         self.last_error: str | None = None
+        self.retiring = False  # gone from discovery; kept only until its in-flight work ends
 
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until
 
     def healthy(self, now: float) -> bool:
-        return self.probe_ok and not self.ejected(now)
+        return self.probe_ok and not self.retiring and not self.ejected(now)
+
+    def shapes(self) -> frozenset[str] | None:
+        """Shapes from the replica's `/v1/capabilities` (None: any, or not known yet)."""
+        shapes = (self.capabilities or {}).get("shapes")
+        return frozenset(str(s) for s in shapes) if isinstance(shapes, list) else None
+
+    def max_batch(self) -> int | None:
+        value = (self.capabilities or {}).get("max_batch")
+        return value if isinstance(value, int) and value > 0 else None
 
     def slow_start_factor(self, now: float, slow_start_s: float) -> float:
         if slow_start_s <= 0:
@@ -77,19 +87,53 @@ class PoolState:
         self.price_per_hour_usd = config.price_per_hour
         self.draining = False
         self._slow_start_s = settings.slow_start_s
+        self._populated = False
         self.set_replicas(config.replicas, now)
 
     def set_replicas(self, urls: Iterable[str], now: float) -> None:
-        """Replace the replica set, keeping the state of replicas that stay."""
+        """Replace the replica set, keeping the state of replicas that stay.
+
+        A replica that joins after the first set warms up under slow start. One
+        that vanished stops taking new work at once and is dropped when its
+        in-flight requests have finished (see `drop_retired`).
+        """
+        wanted = list(dict.fromkeys(urls))
         fresh = {}
-        for url in urls:
+        for url in wanted:
             state = self.replicas.get(url)
-            if state is None:
+            if state is None or state.retiring:
                 state = ReplicaState(url, self.name, self.config.slots_per_replica, now)
-                if self.replicas:  # a replica joining a running pool warms up
+                if self._populated:
                     state.joined_at = now
             fresh[url] = state
+        for url, state in self.replicas.items():
+            if url not in fresh and state.in_flight > 0:
+                state.retiring = True
+                fresh[url] = state
         self.replicas = fresh
+        self._populated = self._populated or bool(wanted)
+
+    def drop_retired(self) -> None:
+        """Forget retiring replicas whose last request has finished."""
+        if any(r.retiring and r.in_flight == 0 for r in self.replicas.values()):
+            self.replicas = {
+                u: r for u, r in self.replicas.items() if not (r.retiring and r.in_flight == 0)
+            }
+
+    def effective_shapes(self) -> frozenset[str] | None:
+        """Config shapes if given (an override); else the shapes every replica reports."""
+        if self.config.shapes is not None:
+            return frozenset(self.config.shapes)
+        reported = [r.shapes() for r in self.replicas.values() if r.capabilities is not None]
+        if not reported or any(s is None for s in reported):
+            return None
+        common = frozenset.intersection(*[s for s in reported if s is not None])
+        return common
+
+    def max_batch(self) -> int | None:
+        """The smallest batch any replica reports (None when none reports one)."""
+        values = [b for r in self.replicas.values() if (b := r.max_batch()) is not None]
+        return min(values) if values else None
 
     def estimated_latency_s(self, now: float) -> float:
         """The EWMA service time, relaxing toward the prior once it is stale."""
@@ -122,7 +166,7 @@ class PoolState:
             ReplicaView(
                 url=r.url,
                 pool=self.name,
-                healthy=panic or r.healthy(now),
+                healthy=(panic and not r.retiring) or r.healthy(now),
                 in_flight=r.in_flight,
                 reported_queue_depth=r.reported_queue_depth,
                 slots=r.slots,
@@ -140,7 +184,8 @@ class PoolState:
             slots_per_replica=self.config.slots_per_replica,
             latency_s=self.estimated_latency_s(now),
             replicas=replicas,
-            shapes=frozenset(self.config.shapes) if self.config.shapes is not None else None,
+            shapes=self.effective_shapes(),
+            max_batch=self.max_batch(),
             outstanding=self.outstanding(),
             capacity_state=state,
             weight=self.weight,
@@ -202,6 +247,7 @@ class PoolRegistry:
         weights = self.weights.get(priority) if priority is not None else None
         views = []
         for pool in self.pools.values():
+            pool.drop_retired()
             view = pool.view(now, panic=panic)
             control = self.control_states.get(pool.name)
             if (

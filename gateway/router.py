@@ -139,8 +139,6 @@ class Router:
             window_s=settings.rate_window_s,
             clock=clock,
         )
-        self.all_shapes_any = any(p.shapes is None for p in settings.pools)
-        self.known_shapes = {s for p in settings.pools for s in (p.shapes or ())}
 
     def profile(self, image: ImageRequest, priority: Priority) -> RequestProfile:
         return RequestProfile(
@@ -162,9 +160,7 @@ class Router:
     ) -> Routed:
         """Serve `image`; raises a GatewayError subclass when no pool can."""
         profile = self.profile(image, priority)
-        if not self.all_shapes_any and profile.shape not in self.known_shapes:
-            shapes = ", ".join(sorted(self.known_shapes))
-            raise InvalidRequestError(f"no pool serves {profile.shape}; shapes served: {shapes}")
+        self._check_servable(profile)
         self.registry.record_arrival(priority, image.n)
         if priority is Priority.BATCH and self.rng.random() >= self.batch_admit():
             self.metrics.shed.labels(priority.value, "shortfall").inc()
@@ -185,6 +181,23 @@ class Router:
         overhead = (time.perf_counter() - received_at) - trace.upstream_s
         self.metrics.overhead.observe(max(0.0, overhead))
         return routed
+
+    def _check_servable(self, profile: RequestProfile) -> None:
+        """Raise InvalidRequestError (422) when no pool could ever run this request."""
+        served = []
+        for pool in self.registry:
+            shapes, batch = pool.effective_shapes(), pool.max_batch()
+            if (shapes is None or profile.shape in shapes) and (
+                batch is None or profile.n <= batch
+            ):
+                return
+            served.append(
+                f"{pool.name}: {', '.join(sorted(shapes)) if shapes else 'any shape'}"
+                + (f", n <= {batch}" if batch is not None else "")
+            )
+        raise InvalidRequestError(
+            f"no pool runs {profile.shape} with n={profile.n}; pools serve " + "; ".join(served)
+        )
 
     async def _attempts(
         self,

@@ -26,7 +26,7 @@ class Filter(Protocol):
 
 
 class ShapeFilter:
-    """Keeps pools whose model servers accept the request's `WIDTHxHEIGHT`.
+    """Keeps pools whose model servers accept the request's `WIDTHxHEIGHT` and batch size.
 
     Neuron pipelines are compiled for fixed shapes, so a request for another
     shape must go elsewhere rather than trigger a minutes-long recompile.
@@ -36,7 +36,7 @@ class ShapeFilter:
 
     def __call__(self, request: RequestProfile, pools: Sequence[PoolView]) -> list[PoolView]:
         shape = request.shape
-        return [p for p in pools if p.supports(shape)]
+        return [p for p in pools if p.supports(shape, request.n)]
 
 
 class HealthFilter:

@@ -81,6 +81,7 @@ class PoolView:
     capacity_state: CapacityState = CapacityState.AVAILABLE
     weight: float | None = None
     error_rate: float = 0.0  # share of recent requests that failed, in [0, 1]
+    max_batch: int | None = None  # largest n its replicas run in one call; None: unknown
 
     @property
     def healthy_replicas(self) -> tuple[ReplicaView, ...]:
@@ -117,8 +118,9 @@ class PoolView:
         slots = self.healthy_slots
         return self.outstanding / slots if slots else math.inf
 
-    def supports(self, shape: str) -> bool:
-        return self.shapes is None or shape in self.shapes
+    def supports(self, shape: str, n: int = 1) -> bool:
+        shape_ok = self.shapes is None or shape in self.shapes
+        return shape_ok and (self.max_batch is None or n <= self.max_batch)
 
 
 @dataclass(frozen=True, slots=True)

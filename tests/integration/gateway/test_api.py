@@ -289,3 +289,27 @@ async def test_admin_disabled_without_a_token() -> None:
         r = await stack.client.get("/admin/mode", headers=BEARER)
         assert r.status_code == 404
         assert r.json()["error"]["type"] == "not_found"
+
+
+async def test_capabilities_learned_from_replicas_steer_shapes() -> None:
+    # no `shapes` in the config: the gateway learns inf2's compiled shape from /v1/capabilities
+    pools = (
+        ("inf2", "inf2", 1, 0.05, 0.7582, None),
+        ("g6", "g6", 1, 0.05, 0.8048, None),
+    )
+    async with start_stack(pools) as stack:
+        inf2 = next(
+            p for p in (await stack.client.get("/v1/pools")).json()["pools"] if p["name"] == "inf2"
+        )
+        assert inf2["shapes"] == ["512x512"]
+        big = [
+            (
+                await stack.client.post(
+                    "/v1/images", json={"prompt": "x", "width": 768, "height": 768}
+                )
+            )
+            for _ in range(4)
+        ]
+        assert [r.status_code for r in big] == [200] * 4
+        assert {r.headers["X-Gateway-Pool"] for r in big} == {"g6"}
+        assert {r.headers["X-Gateway-Attempts"] for r in big} == {"1"}  # not even tried on inf2
