@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from backends import bench
 from backends.factory import EngineUnavailableError, build_engine
 from backends.profiles import PROFILES
 from backends.schemas import describe_validation_error
@@ -26,10 +27,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", choices=["sim", "diffusers", "neuron"], default="sim")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--profile", default="inf2", help="accelerator profile (see `profiles`)")
+    serve.add_argument(
+        "--profile", help="accelerator profile (see `profiles`; default: the engine's)"
+    )
     serve.add_argument("--slots", type=int, help="concurrent generations (default: profile's)")
     serve.add_argument("--max-queue", type=int, default=8, help="waiting room beyond the slots")
     serve.add_argument("--model", help="local model directory (real engines)")
+    serve.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    serve.add_argument(
+        "--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto"
+    )
+    serve.add_argument("--scheduler", help="diffusers scheduler (e.g. euler, dpmpp_2m, ddim)")
+    serve.add_argument("--max-batch", type=int, help="largest n per request (default: profile's)")
+    serve.add_argument("--max-side-px", type=int, default=1024, help="diffusers: largest side")
     serve.add_argument("--enable-fault-injection", action="store_true")
     serve.add_argument("--latency-s", type=float, help="override the profile's mean latency")
     serve.add_argument("--cold-start-s", type=float, help="override the profile's cold start")
@@ -38,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-delay-s", type=float, default=0.0)
     serve.add_argument("--log-level", default="info")
     sub.add_parser("profiles", help="list the accelerator profiles")
+    bench.add_arguments(
+        sub.add_parser("bench", help="measure images/s and latency of an engine and model")
+    )
     return parser
 
 
@@ -50,6 +63,11 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
         slots=args.slots,
         max_queue=args.max_queue,
         model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        scheduler=args.scheduler,
+        max_batch=args.max_batch,
+        max_side_px=args.max_side_px,
         enable_fault_injection=args.enable_fault_injection,
         latency_s=args.latency_s,
         cold_start_s=args.cold_start_s,
@@ -88,8 +106,9 @@ def serve(settings: ServerSettings, log_level: str = "info") -> int:
         return 1
     config = uvicorn_config(app, log_level=log_level)
     server = GracefulServer(config, on_drain=app.state.runtime.drain)
+    accelerator = built.engine.capabilities().accelerator
     print(
-        f"sd-backend: {settings.engine}/{settings.profile} on http://{settings.host}:{sock.getsockname()[1]}",
+        f"sd-backend: {settings.engine}/{accelerator} on http://{settings.host}:{sock.getsockname()[1]}",
         flush=True,
     )
     server.run(sockets=[sock])
@@ -101,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "profiles":
         _print_profiles()
         return 0
+    if args.command == "bench":
+        return bench.main(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
