@@ -209,6 +209,8 @@ class Gateway:
         self.router.transport = transport
         discovery = Discovery(self.registry, self.settings, self.clock, fetch=transport.get_json)
         await discovery.refresh()
+        # One probe round before serving: replicas are not trusted until they answer.
+        await self.health.probe_all(self._probe)
         self.control.tick()
         self._tasks = [
             asyncio.create_task(self.health.run(self._probe), name="health-probes"),

@@ -127,6 +127,12 @@ class HealthTracker:
     def record_probe(self, replica: ReplicaState, ready: bool, queue_depth: int | None) -> None:
         if queue_depth is not None:
             replica.reported_queue_depth = queue_depth
+        if not replica.probed:
+            replica.probed = True
+            replica.probe_ok = ready
+            replica.probe_successes = int(ready)
+            replica.probe_failures = int(not ready)
+            return
         if ready:
             replica.probe_failures = 0
             replica.probe_successes += 1

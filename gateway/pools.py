@@ -33,7 +33,10 @@ class ReplicaState:
         self.url = url
         self.pool = pool
         self.slots = slots
-        self.probe_ok = True  # optimistic until the first probe says otherwise
+        # Optimistic until its first probe answers; that first answer decides at once
+        # (the gateway probes every replica once before it starts serving).
+        self.probe_ok = True
+        self.probed = False
         self.probe_successes = 0
         self.probe_failures = 0
         self.consecutive_failures = 0

@@ -120,6 +120,8 @@ def make_rig(**overrides: Any) -> Rig:
     settings = settings_from_dict({"pools": POOLS, **BASE, **overrides})
     clock = ManualClock(START_S)
     registry = PoolRegistry(settings, clock)
+    for replica in registry.replicas():
+        replica.probed = True  # as after the gateway's start-up probe round
     rig = Rig(settings, clock, registry, HealthTracker(registry, settings, clock))
     rig.health.on_eject = lambda replica, reason: rig.ejections.append((replica.url, reason))
     return rig
@@ -765,3 +767,17 @@ def test_pool_error_rate_forgets_old_errors() -> None:
     rig.clock.advance(11.0)
     pool.requests.add(rig.clock.now())
     assert pool.error_rate(rig.clock.now()) == 0.0
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["ready", "loading"])
+def test_the_first_probe_decides_at_once(ready: bool) -> None:
+    settings = settings_from_dict({"pools": POOLS, **BASE})
+    clock = ManualClock(START_S)
+    registry = PoolRegistry(settings, clock)
+    health = HealthTracker(registry, settings, clock)
+    replica = registry.replica("inf2", INF2_A)
+    health.record_probe(replica, ready, 0)
+    assert replica.healthy(clock.now()) is ready
+    # from then on the thresholds apply
+    health.record_probe(replica, not ready, 0)
+    assert replica.healthy(clock.now()) is ready
