@@ -297,25 +297,21 @@ def admin_routes(gateway: Gateway) -> APIRouter:
 
         return await admin(request, action)
 
-    @routes.post("/pools/{name}/drain")
-    async def drain(request: Request, name: str) -> Response:
+    async def set_draining(request: Request, name: str, draining: bool) -> Response:
         async def action() -> Any:
-            pool = gateway.pool(name)
-            pool.draining = True
+            gateway.pool(name).draining = draining
             gateway.control.tick()
-            return {"pool": name, "draining": True}
+            return {"pool": name, "draining": draining}
 
         return await admin(request, action)
+
+    @routes.post("/pools/{name}/drain")
+    async def drain(request: Request, name: str) -> Response:
+        return await set_draining(request, name, True)
 
     @routes.delete("/pools/{name}/drain")
     async def undrain(request: Request, name: str) -> Response:
-        async def action() -> Any:
-            pool = gateway.pool(name)
-            pool.draining = False
-            gateway.control.tick()
-            return {"pool": name, "draining": False}
-
-        return await admin(request, action)
+        return await set_draining(request, name, False)
 
     @routes.put("/pools/{name}/price")
     async def price(request: Request, name: str) -> Response:
