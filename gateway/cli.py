@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=1.0, help="steady requests per second")
     demo.add_argument("--serve", action="store_true", help="keep running after the load")
     demo.add_argument("--log-level", default="warning")
+    sub.add_parser(
+        "simulate",
+        help="compare routing policies in the discrete-event simulator",
+        description="see `sd-gateway simulate --help`",
+        add_help=False,
+    )
     return parser
 
 
@@ -107,6 +113,11 @@ def serve(settings: GatewaySettings, config_path: str, log_level: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulate":
+        from loadtest.sim.cli import main as simulate
+
+        return simulate(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -1,0 +1,174 @@
+"""The simulator's parts on their own: rate curves, the oracle, the scaler, the baselines."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from backends.clock import ManualClock
+from gateway.health import Failure
+from gateway.scheduling.types import PoolView, ReplicaView, RequestProfile, Snapshot
+from loadtest.sim.autoscaler import Autoscaler, InsufficientCapacity
+from loadtest.sim.baselines import ALB_POLL_S, LatencyEwmaPolicy, StaticAlbPolicy
+from loadtest.sim.oracle import oracle_cost
+from loadtest.sim.scenario import parse_scenario
+from loadtest.sim.workload import Arrival
+
+
+@pytest.mark.parametrize(
+    ("rate", "t_s", "expected"),
+    [
+        ({"kind": "constant", "per_s": 2.0}, 100.0, 2.0),
+        (
+            {
+                "kind": "steps",
+                "steps": [{"at_s": 0, "per_s": 1}, {"at_s": 10, "per_s": 3, "ramp_s": 10}],
+            },
+            15.0,
+            2.0,
+        ),
+        (
+            {
+                "kind": "steps",
+                "steps": [{"at_s": 0, "per_s": 1}, {"at_s": 10, "per_s": 3, "ramp_s": 10}],
+            },
+            25.0,
+            3.0,
+        ),
+        (
+            {
+                "kind": "diurnal",
+                "trough_per_s": 2,
+                "peak_per_s": 10,
+                "period_s": 100,
+                "peak_at_s": 50,
+            },
+            50.0,
+            10.0,
+        ),
+        (
+            {
+                "kind": "diurnal",
+                "trough_per_s": 2,
+                "peak_per_s": 10,
+                "period_s": 100,
+                "peak_at_s": 50,
+            },
+            0.0,
+            2.0,
+        ),
+        (
+            {
+                "kind": "diurnal",
+                "trough_per_s": 2,
+                "peak_per_s": 10,
+                "period_s": 100,
+                "peak_at_s": 50,
+            },
+            25.0,
+            6.0,
+        ),
+    ],
+    ids=["constant", "mid-ramp", "after-ramp", "diurnal-peak", "diurnal-trough", "diurnal-half"],
+)
+def test_rate_curves(rate: dict[str, Any], t_s: float, expected: float, small_data: Any) -> None:
+    small_data["arrivals"]["rate"] = rate
+    scenario = parse_scenario(small_data)
+    assert scenario.arrivals.rate.at(t_s) == pytest.approx(expected)
+
+
+def _one_pool(**pool: Any) -> Any:
+    return parse_scenario(
+        {
+            "name": "one",
+            "duration_s": 3600,
+            "oracle_bucket_s": 3600,
+            "autoscaler": {"target_utilization": 0.5},
+            "arrivals": {"rate": {"kind": "constant", "per_s": 1.0}},
+            "pools": [
+                {
+                    "name": "p",
+                    "accelerator": "x",
+                    "price_per_hour": 2.0,
+                    "latency_s": 0.5,
+                    "replicas": {"initial": 1, "min": 1, "max": 10},
+                }
+                | pool
+            ],
+        }
+    )
+
+
+def test_oracle_pays_for_the_work_at_target_utilization_above_the_minimum() -> None:
+    scenario = _one_pool()
+    # 7200 images x 0.5 s = 3600 busy seconds; at utilization 0.5 that is 2 replica-hours.
+    arrivals = [Arrival(t_s=i * 0.5, batch=False, shape=0, n=1) for i in range(7200)]
+    result = oracle_cost(scenario, arrivals)
+    assert result.cost_usd == pytest.approx(2 * 2.0)
+    assert result.images_served == 7200
+    # Demand below the minimum's capacity costs only the minimum.
+    few = arrivals[:100]
+    assert oracle_cost(scenario, few).cost_usd == pytest.approx(1 * 2.0)
+
+
+def test_oracle_counts_demand_beyond_every_maximum_as_unservable() -> None:
+    scenario = _one_pool(replicas={"initial": 1, "min": 1, "max": 1})
+    arrivals = [Arrival(t_s=i * 0.1, batch=False, shape=0, n=1) for i in range(36000)]
+    result = oracle_cost(scenario, arrivals)
+    # One replica at 0.5 utilization serves 3600 images an hour.
+    assert result.images_served == 3600
+    assert result.unservable_requests == 36000 - 3600
+
+
+def test_scaler_scales_up_at_once_and_down_after_the_window(small_scenario: Any) -> None:
+    scenario = small_scenario()
+    scaler = Autoscaler(scenario.autoscaler, scenario.pools)
+    assert scaler.apply("inf2", 0.0, 6, cluster_max=8) == 6
+    assert scaler.apply("inf2", 15.0, 2, cluster_max=8) == 6  # held by the stabilization window
+    assert scaler.apply("inf2", 15.0 + scenario.autoscaler.scale_down_cooldown_s + 1, 2, 8) == 2
+    # Wanting more than the cluster has is a shortfall, logged for the ALB checker.
+    assert scaler.apply("inf2", 400.0, 8, cluster_max=3) == 6  # at most +4 per sync
+    assert scaler.events == [InsufficientCapacity(400.0, "inf2", 6, 3)]
+    assert scaler.attainable_max("inf2", 401.0, live=3) == 3
+    assert scaler.attainable_max("inf2", 401.0, live=4) == 8  # more came up: it is back
+
+
+def _pool(name: str, replicas: int = 1) -> PoolView:
+    views = tuple(ReplicaView(url=f"http://{name}-{i}", pool=name) for i in range(replicas))
+    return PoolView(name, "x", 1.0, 1, 1.0, views)
+
+
+def test_latency_ewma_herds_onto_untried_pools_and_cools_down_on_429() -> None:
+    clock = ManualClock()
+    policy = LatencyEwmaPolicy(random.Random(1), clock)
+    snap = Snapshot(pools=(_pool("a"), _pool("b")))
+    request = RequestProfile()
+    policy.on_success("a", 1.5, 0.0)
+    assert {policy.decide(request, snap, frozenset()).pool for _ in range(20)} == {"b"}  # type: ignore[union-attr]
+    policy.on_success("b", 3.0, 0.0)
+    assert policy.decide(request, snap, frozenset()).pool == "a"  # type: ignore[union-attr]
+    policy.on_failure("a", Failure.CAPACITY, 0.0)
+    assert policy.decide(request, snap, frozenset()).pool == "b"  # type: ignore[union-attr]
+    policy.on_failure("b", Failure.CAPACITY, 0.0)
+    assert policy.decide(request, snap, frozenset()) is None  # every deployment cooled down
+    clock.advance(5.0)
+    assert policy.decide(request, snap, frozenset()) is not None
+
+
+def test_static_alb_switches_to_equal_weights_at_the_next_poll_for_good() -> None:
+    policy = StaticAlbPolicy({"a": 3.0, "b": 1.0})
+    snap = Snapshot(pools=(_pool("a", 2), _pool("b", 2)))
+    request = RequestProfile()
+    picks = [policy.decide(request, snap, frozenset()).pool for _ in range(400)]  # type: ignore[union-attr]
+    assert picks.count("a") == 300
+    shortfall = [InsufficientCapacity(10.0, "a", 5, 2)]
+    policy.on_tick(ALB_POLL_S - 1, shortfall)
+    assert policy.mode == "cost"  # not polled yet
+    policy.on_tick(ALB_POLL_S, shortfall)
+    assert policy.mode == "capacity"
+    policy.on_tick(2 * ALB_POLL_S, [])
+    assert policy.mode == "capacity"  # nothing checks that capacity came back
+    picks = [policy.decide(request, snap, frozenset()).pool for _ in range(400)]  # type: ignore[union-attr]
+    assert picks.count("a") == 200
