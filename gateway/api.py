@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import re
 import time
-import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -126,10 +127,16 @@ def _proto(header: str | None, request: Request, settings: Any) -> str:
         value = header.split(",")[-1].strip().lower()
         if value in ("http", "https"):
             return value
-    return request.url.scheme
+    return str(request.scope.get("scheme", "http"))
 
 
-def build_routes(gateway: Gateway, *, admin: bool, metrics: bool) -> APIRouter:
+ImageEndpoint = Callable[[Request, bool], Awaitable[Response]]
+
+
+def build_routes(
+    gateway: Gateway, *, admin: bool, metrics: bool
+) -> tuple[APIRouter, ImageEndpoint]:
+    """The routes, and the image endpoint itself for the fast path (`FastPathApp`)."""
     routes = APIRouter()
     settings = gateway.settings
 
@@ -157,7 +164,7 @@ def build_routes(gateway: Gateway, *, admin: bool, metrics: bool) -> APIRouter:
         given = request.headers.get("x-request-id")
         if given is not None and REQUEST_ID.match(given):
             return given
-        return uuid.uuid4().hex
+        return os.urandom(16).hex()
 
     async def generate(request: Request, openai: bool) -> Response:
         received_at = time.perf_counter()
@@ -233,7 +240,7 @@ def build_routes(gateway: Gateway, *, admin: bool, metrics: bool) -> APIRouter:
 
     if admin:
         routes.include_router(admin_routes(gateway))
-    return routes
+    return routes, generate
 
 
 def metrics_routes(gateway: Gateway) -> APIRouter:
@@ -327,12 +334,42 @@ def admin_routes(gateway: Gateway) -> APIRouter:
     return routes
 
 
+IMAGE_PATHS = {"/v1/images": False, "/v1/images/generations": True}
+
+
+class FastPathApp(FastAPI):
+    """FastAPI, except that the two image routes skip its routing and middleware.
+
+    They are the hot path: every other route (status, admin, metrics, docs)
+    goes through FastAPI as usual.
+    """
+
+    image_endpoint: ImageEndpoint | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.image_endpoint
+        if (
+            endpoint is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in IMAGE_PATHS
+        ):
+            scope["app"] = self
+            response = await endpoint(Request(scope, receive), IMAGE_PATHS[scope["path"]])
+            await response(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def install(app: FastAPI, gateway: Gateway) -> FastAPI | None:
     """Mount the routes; with `admin_port` set, returns a second app for the admin port."""
     settings = gateway.settings
     separate = settings.admin_port is not None
     metrics_here = not (separate and settings.metrics_on_admin_port)
-    app.include_router(build_routes(gateway, admin=not separate, metrics=metrics_here))
+    routes, image_endpoint = build_routes(gateway, admin=not separate, metrics=metrics_here)
+    app.include_router(routes)
+    if isinstance(app, FastPathApp):
+        app.image_endpoint = image_endpoint
     if not separate:
         return None
     admin_app = FastAPI(title="sd-gateway admin", docs_url=None, redoc_url=None, openapi_url=None)

@@ -283,7 +283,7 @@ def create_app(
         finally:
             await gateway.stop()
 
-    app = FastAPI(title="sd-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = api.FastPathApp(title="sd-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
     app.state.admin_app = api.install(app, gateway)
     return app

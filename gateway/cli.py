@@ -13,7 +13,13 @@ from typing import Any
 
 import uvicorn
 
-from backends.serving import GracefulServer, QuietServer, bind_socket, uvicorn_config
+from backends.serving import (
+    GracefulServer,
+    QuietServer,
+    bind_socket,
+    run_event_loop,
+    uvicorn_config,
+)
 from gateway.app import create_app
 from gateway.httpserver import limited_protocol
 from gateway.settings import ConfigError, GatewaySettings, load_settings
@@ -48,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _factory() -> object:
     """Uvicorn factory for multi-worker runs: each worker loads the config itself."""
-    return create_app(load_settings(os.environ[CONFIG_ENV]))
+    settings = load_settings(os.environ[CONFIG_ENV])
+    limited_protocol(settings.max_header_bytes, settings.header_read_timeout_s)
+    return create_app(settings)
 
 
 def server_options(settings: GatewaySettings) -> dict[str, Any]:
@@ -97,7 +105,8 @@ def serve(settings: GatewaySettings, config_path: str, log_level: str) -> int:
             workers=settings.workers,
             access_log=False,
             log_level=log_level,
-            **server_options(settings),
+            loop="uvloop",
+            **(server_options(settings) | {"http": "gateway.httpserver:GatewayHttpProtocol"}),
         )
         return 0
     try:
@@ -108,7 +117,7 @@ def serve(settings: GatewaySettings, config_path: str, log_level: str) -> int:
         )
         return 1
     print(f"sd-gateway: listening on http://{settings.host}:{sock.getsockname()[1]}", flush=True)
-    asyncio.run(_serve(settings, sock, log_level))
+    run_event_loop(_serve(settings, sock, log_level))
     return 0
 
 

@@ -30,7 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from backends.local import start_backend
-from backends.serving import RunningServer, running_server
+from backends.serving import RunningServer, run_event_loop, running_server
 from gateway.app import create_app as create_gateway
 from gateway.cli import server_options
 from gateway.settings import GatewaySettings, settings_from_dict
@@ -344,7 +344,7 @@ def run_demo(
     if live is None:
         live = sys.stdout.isatty()
     try:
-        return asyncio.run(_run(duration_s, port, rate_per_s, keep_serving, live))
+        return run_event_loop(_run(duration_s, port, rate_per_s, keep_serving, live))
     except KeyboardInterrupt:
         print("\nstopped", file=sys.stderr)
         return 130
