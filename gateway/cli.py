@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--serve", action="store_true", help="keep running after the load")
     demo.add_argument("--log-level", default="warning")
     sub.add_parser(
+        "bench",
+        help="measure the gateway's overhead against direct, nginx and a naive proxy",
+        add_help=False,
+    )
+    sub.add_parser(
         "simulate",
         help="compare routing policies in the discrete-event simulator",
         description="see `sd-gateway simulate --help`",
@@ -127,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from loadtest.sim.cli import main as simulate
 
         return simulate(argv[1:])
+    if argv and argv[0] == "bench":
+        from loadtest.overhead import main as bench
+
+        return bench(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

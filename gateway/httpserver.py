@@ -102,12 +102,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+class GatewayHttpProtocol(LimitedHttpToolsProtocol):
+    """The gateway's protocol class; a module-level name so worker processes can import it."""
+
+
 def limited_protocol(
     max_header_bytes: int, header_read_timeout_s: float
 ) -> type[HttpToolsProtocol]:
-    """A protocol class with these limits, for uvicorn's `http=` option."""
-    return type(
-        "GatewayHttpProtocol",
-        (LimitedHttpToolsProtocol,),
-        {"max_header_bytes": max_header_bytes, "header_read_timeout_s": header_read_timeout_s},
-    )
+    """The protocol class, configured with these limits, for uvicorn's `http=` option.
+
+    The limits are class attributes, set once per process (one gateway per process).
+    """
+    GatewayHttpProtocol.max_header_bytes = max_header_bytes
+    GatewayHttpProtocol.header_read_timeout_s = header_read_timeout_s
+    return GatewayHttpProtocol
