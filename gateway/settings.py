@@ -41,11 +41,13 @@ _OVERRIDES_KEY = "_gateway_overrides"
 class ConfigError(Exception):
     """Invalid configuration: `source` names the file, `problems` each say 'field.path: reason'."""
 
+    what = "gateway config"
+
     def __init__(self, source: str, problems: Sequence[str]) -> None:
         self.source = source
         self.problems = tuple(problems)
         sep = " " if len(self.problems) == 1 else "\n  "
-        super().__init__(f"invalid gateway config {source}:{sep}" + "\n  ".join(self.problems))
+        super().__init__(f"invalid {self.what} {source}:{sep}" + "\n  ".join(self.problems))
 
 
 class SloSettings(BaseModel):

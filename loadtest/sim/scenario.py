@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,14 +27,10 @@ RESERVED_GATEWAY_KEYS = ("mode", "pools", "slo", "seed")
 SIM_URL_PORT = 8000
 
 
-class ScenarioError(Exception):
+class ScenarioError(ConfigError):
     """An invalid scenario: `source` names the file, `problems` each say 'field.path: reason'."""
 
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
-        self.source = source
-        self.problems = tuple(problems)
-        sep = " " if len(self.problems) == 1 else "\n  "
-        super().__init__(f"invalid scenario {source}:{sep}" + "\n  ".join(self.problems))
+    what = "scenario"
 
 
 class _Model(BaseModel):
