@@ -119,7 +119,9 @@ class AiohttpTransport:
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+            # No Accept-Encoding: bodies pass through untouched, so a backend must not
+            # compress them behind the client's back.
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
 

@@ -411,14 +411,16 @@ BREAKDOWN: tuple[tuple[str, str], ...] = (
     ("FastAPI native telemetry check", r"NativeTelemetry\.enabled|telemetry/_api"),
     ("endpoint: generate() in gateway/api.py", r"generate \(gateway/api"),
     ("  request body read and validation", r"read_body|parse_body"),
-    ("  request id (uuid4)", r"^uuid4"),
+    ("  request id", r"^uuid4|request_id_of"),
     ("  Router.route", r"^Router\.route \(gateway"),
     ("    PoolRegistry.snapshot", r"PoolRegistry\.snapshot"),
     ("    Policy.decide", r"Policy\.decide"),
     ("    upstream POST (AiohttpTransport.post)", r"AiohttpTransport\.post"),
+    ("    asyncio timeouts (the router's and aiohttp's)", r"^timeout \(asyncio|^Timeout\."),
     ("  prometheus_client", r"prometheus_client"),
     ("response streaming (ProxiedResponse.__call__)", r"ProxiedResponse\.__call__"),
     ("  socket writes to the client (RequestResponseCycle.send)", r"RequestResponseCycle\.send"),
+    ("gateway protocol: header size and time limits", r"^LimitedHttpToolsProtocol\."),
     ("background: control loop, probes, discovery", r"ControlLoop|HealthTracker|Discovery"),
 )
 

@@ -4,8 +4,9 @@
 #   loadtest/run-locust.sh [-t 60s] [-u 4] [-r 2] [-o locust-report] [--host URL]
 #
 # Without --host: starts `sd-gateway demo --serve` (as `python -m gateway demo`) on a free
-# loopback port, waits for its story to end and its "serving on" line, runs locust, stops
-# the demo. With --host: runs locust against that gateway (it must be on 127.0.0.1).
+# loopback port, waits for its story to end and its "serving on" line, clears faults the
+# story left on its simulated replicas, waits (at most 60 s) for every pool to be available,
+# runs locust, stops the demo. With --host: runs locust against that gateway (it must be on 127.0.0.1).
 # Writes locust's CSV (<out>/locust_stats.csv, ...), its HTML report (<out>/locust.html),
 # the gateway tally (<out>/tally.json) and, with the demo, <out>/demo.log.
 # PYTHON selects the interpreter (default: python3). Exit status: locust's (1 on failures).
@@ -79,6 +80,33 @@ if [ -z "$HOST" ]; then
     sleep 0.5
   done
   HOST="http://127.0.0.1:$PORT"
+  # Start from the steady state: clear any fault the story left on the simulated replicas
+  # (its last act can be skipped when the story is short), then wait until every pool
+  # is available again (at most 60 s; capacity errors hold a pool for their Retry-After).
+  "$PYTHON" - "$HOST" <<'PY'
+import json, sys, time, urllib.request
+
+def pools():
+    with urllib.request.urlopen(sys.argv[1] + "/v1/pools", timeout=2) as answer:
+        return json.load(answer)["pools"]
+
+for pool in pools():
+    for replica in pool["replicas"]:
+        clear = urllib.request.Request(replica["url"] + "/admin/faults", method="DELETE")
+        try:
+            urllib.request.urlopen(clear, timeout=2).close()
+        except OSError as exc:
+            print(f"run-locust.sh: could not clear faults on {replica['url']}: {exc}", file=sys.stderr)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        if all(p["capacity_state"] == "available" for p in pools()):
+            sys.exit(0)
+    except (OSError, ValueError, KeyError):
+        pass
+    time.sleep(1)
+print("run-locust.sh: not every pool is available after 60 s; starting anyway", file=sys.stderr)
+PY
 fi
 
 case "$HOST" in

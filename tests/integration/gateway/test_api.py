@@ -247,6 +247,7 @@ async def test_body_streams_through_unchanged_and_headers_are_cleaned() -> None:
     upstream = {k.lower(): v for k, v in seen[0].items()}
     assert upstream["x-request-id"] == "req-42"
     assert "cookie" not in upstream
+    assert "accept-encoding" not in upstream  # bodies pass through: nothing may be compressed
     # cost of one image: $1/h for 0.5 s on one slot
     assert float(r.headers["X-Image-Cost-USD"]) == pytest.approx(1.0 * 0.5 / 3600, rel=1e-3)
 
