@@ -334,6 +334,29 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+def read_yaml(
+    path: str | os.PathLike[str], error: type[ConfigError] = ConfigError
+) -> tuple[str, Any]:
+    """The file's name and its parsed YAML; raises `error` for a missing or unreadable file,
+    invalid YAML or a repeated key."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(source, ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(source, [f"cannot read file: {exc}"]) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise error(source, [f"invalid YAML{where}: {exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise error(source, [f"invalid YAML: {exc}"]) from None
+    return source, data
+
+
 def load_settings(path: str | os.PathLike[str], **overrides: Any) -> GatewaySettings:
     """Read the YAML file at `path`, apply `GATEWAY_*` env, then `overrides`; validate.
 
@@ -341,21 +364,7 @@ def load_settings(path: str | os.PathLike[str], **overrides: Any) -> GatewaySett
     missing or unreadable file, invalid YAML, a top level that is not a mapping, or any
     invalid field; the message names the file and every offending field path.
     """
-    source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, ["file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, [f"cannot read file: {exc}"]) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(source, [f"invalid YAML{where}: {exc.problem or exc}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"invalid YAML: {exc}"]) from None
+    source, data = read_yaml(path)
     if not isinstance(data, Mapping):
         got = "an empty file" if data is None else type(data).__name__
         raise ConfigError(source, [f"the top level must be a mapping of settings, got {got}"])

@@ -13,14 +13,18 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from backends.profiles import PROFILES, AcceleratorProfile
-from gateway.settings import ConfigError, GatewaySettings, SloSettings, settings_from_dict
+from gateway.settings import (
+    ConfigError,
+    GatewaySettings,
+    SloSettings,
+    read_yaml,
+    settings_from_dict,
+)
 
 # Gateway settings the simulator sets itself, per run.
 RESERVED_GATEWAY_KEYS = ("mode", "pools", "slo", "seed")
@@ -405,15 +409,5 @@ def parse_scenario(data: Any, source: str = "<mapping>") -> Scenario:
 
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     """Read and validate a scenario YAML file; raises ScenarioError (file, YAML or field)."""
-    source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(source, ["file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(source, [f"cannot read file: {exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(source, [f"invalid YAML: {exc}"]) from None
+    source, data = read_yaml(path, ScenarioError)
     return parse_scenario(data, source)
