@@ -1,9 +1,12 @@
 """Admission inside a model server: a fixed number of slots and a bounded waiting room.
 
-A request either gets a slot, waits in FIFO order for one, or (when the
-waiting room is full) is refused at once with `QueueFullError`, whose
-`retry_after_s` estimates when the backlog will have cleared. Nothing here
-waits on a timeout to refuse.
+A request either gets a slot, waits for one, or (when the waiting room is
+full) is refused at once with `QueueFullError`, whose `retry_after_s`
+estimates when the backlog will have cleared. Waiting requests get slots in
+FIFO order, except that batch work waits behind every interactive request
+(the gateway says which is which in `X-Priority`): a user waiting on an
+image goes before a job that has a minute. Nothing here waits on a timeout
+to refuse.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class AdmissionQueue:
         self._service_s = prior_service_s
         self._in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._batch_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -64,12 +68,12 @@ class AdmissionQueue:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return len(self._waiters) + len(self._batch_waiters)
 
     @property
     def depth(self) -> int:
         """Requests in the server: holding a slot or waiting for one."""
-        return self._in_flight + len(self._waiters)
+        return self._in_flight + self.waiting
 
     @property
     def service_s(self) -> float:
@@ -81,20 +85,22 @@ class AdmissionQueue:
         backlog_s = self.depth * self._service_s / self.slots
         return max(1, math.ceil(backlog_s))
 
-    async def acquire(self) -> float:
+    async def acquire(self, *, batch: bool = False) -> float:
         """Take a slot, waiting in line if needed; returns the seconds spent waiting.
 
-        Raises QueueFullError at once when all slots are busy and the waiting
-        room is full. Cancellation while waiting gives the place up.
+        `batch` work waits behind all interactive work. Raises QueueFullError
+        at once when all slots are busy and the waiting room is full.
+        Cancellation while waiting gives the place up.
         """
-        if self._in_flight < self.slots and not self._waiters:
+        if self._in_flight < self.slots and not self.waiting:
             self._take()
             return 0.0
-        if len(self._waiters) >= self.max_waiting:
+        if self.waiting >= self.max_waiting:
             raise QueueFullError(self.retry_after_s(), self.depth)
         started = self._clock.now()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        line = self._batch_waiters if batch else self._waiters
+        line.append(fut)
         self._idle.clear()
         try:
             await fut
@@ -103,7 +109,7 @@ class AdmissionQueue:
                 # The slot was handed over just as we were cancelled: pass it on.
                 self.release()
             else:
-                self._waiters.remove(fut)
+                line.remove(fut)
                 self._maybe_idle()
             raise
         return self._clock.now() - started
@@ -112,11 +118,12 @@ class AdmissionQueue:
         """Give a slot back, recording its service time if known; wakes the next waiter."""
         if service_s is not None and service_s > 0:
             self._service_s += self._alpha * (service_s - self._service_s)
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # the slot passes straight to the waiter
-                return
+        for line in (self._waiters, self._batch_waiters):
+            while line:
+                fut = line.popleft()
+                if not fut.done():
+                    fut.set_result(None)  # the slot passes straight to the waiter
+                    return
         self._in_flight -= 1
         self._maybe_idle()
 
@@ -138,5 +145,5 @@ class AdmissionQueue:
         self._idle.clear()
 
     def _maybe_idle(self) -> None:
-        if self._in_flight == 0 and not self._waiters:
+        if self._in_flight == 0 and not self.waiting:
             self._idle.set()

@@ -134,8 +134,8 @@ class BackendRuntime:
 
     # the work ----------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest) -> Served:
-        """Admit, generate and account one request.
+    async def generate(self, request: GenerationRequest, *, batch: bool = False) -> Served:
+        """Admit, generate and account one request (`batch` work waits behind interactive).
 
         Raises NotReadyError (503), InsufficientCapacityError (429),
         QueueFullError (429), UnsupportedRequestError (422) or EngineError (500).
@@ -150,7 +150,7 @@ class BackendRuntime:
         self.capabilities.check(request)
         acc = self.capabilities.accelerator
         try:
-            wait_s = await self.queue.acquire()
+            wait_s = await self.queue.acquire(batch=batch)
         except Exception:
             self._reject("queue_full")
             raise

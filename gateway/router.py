@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.health import Failure, HealthTracker
 from gateway.metrics import GatewayMetrics
-from gateway.pools import PoolRegistry, PoolState, ReplicaState
+from gateway.pools import PoolRegistry, PoolState, ReplicaState, shape_size
 from gateway.proxy import (
     ConnectError,
     Transport,
@@ -161,7 +161,7 @@ class Router:
         """Serve `image`; raises a GatewayError subclass when no pool can."""
         profile = self.profile(image, priority)
         self._check_servable(profile)
-        self.registry.record_arrival(priority, image.n)
+        self.registry.record_arrival(priority, image.n, profile.shape)
         if priority is Priority.BATCH and self.rng.random() >= self.batch_admit():
             self.metrics.shed.labels(priority.value, "shortfall").inc()
             raise ShedError(
@@ -215,7 +215,9 @@ class Router:
                 self.metrics.retry_budget_exhausted.inc()
                 break
             decision = policy.decide(
-                profile, self.registry.snapshot(profile.priority), frozenset(excluded)
+                profile,
+                self.registry.snapshot(profile.priority, profile.shape),
+                frozenset(excluded),
             )
             if decision is None:
                 break
@@ -332,10 +334,12 @@ class Router:
             failed.upstream_s = time.perf_counter() - started
             return failed
         upstream_s = time.perf_counter() - started
-        self._record_success(pool, replica, resp.headers, profile.n, upstream_s)
+        self._record_success(
+            pool, replica, resp.headers, profile.n, upstream_s, shape_size(profile.shape)
+        )
         headers = response_headers(resp.headers)
         headers.update(self._gateway_headers(pool, trace, resp.headers, profile.n))
-        self.metrics.attempts.labels(pool.name, "ok").inc()
+        self.metrics.attempt(pool.name, "ok")
 
         def close() -> None:
             resp.close()
@@ -362,27 +366,33 @@ class Router:
         self.health.record_failure(replica, failure, f"HTTP {status}")
         if failure is Failure.CAPACITY and retry_after:
             self.health.note_retry_after(replica, retry_after)
-        self.metrics.attempts.labels(pool.name, failure.value).inc()
+        self.metrics.attempt(pool.name, failure.value)
         return _Attempt(failure=failure, retry_after_s=retry_after, detail=f"HTTP {status}")
 
     def _broken_stream(self, pool: PoolState, replica: ReplicaState) -> None:
         log.warning("the body from %s broke off mid-stream", replica.url)
         # As unambiguous as a refused connection: take the replica out at once.
         self.health.record_failure(replica, Failure.CONNECT, "body broke off")
-        self.metrics.attempts.labels(pool.name, "broken_body").inc()
+        self.metrics.attempt(pool.name, "broken_body")
 
     def _transport_failure(
         self, pool: PoolState, replica: ReplicaState, exc: Exception, started: float
     ) -> _Attempt:
         failure = Failure.CONNECT if isinstance(exc, ConnectError) else Failure.TIMEOUT
         self.health.record_failure(replica, failure, str(exc))
-        self.metrics.attempts.labels(pool.name, failure.value).inc()
+        self.metrics.attempt(pool.name, failure.value)
         return _Attempt(failure=failure, upstream_s=time.perf_counter() - started, detail=str(exc))
 
     def _record_success(
-        self, pool: PoolState, replica: ReplicaState, headers: Any, n: int, upstream_s: float
+        self,
+        pool: PoolState,
+        replica: ReplicaState,
+        headers: Any,
+        n: int,
+        upstream_s: float,
+        size: float = 1.0,
     ) -> float:
-        """Feed the latency estimate; returns the service seconds per image."""
+        """Feed the latency estimates (`size`: pixels per image / 512x512); seconds per image."""
         now = self.clock.now()
         inference = headers.get("X-Inference-Seconds")
         try:
@@ -390,8 +400,7 @@ class Router:
         except ValueError:
             service_s = upstream_s
         per_image_s = service_s / max(1, n)
-        pool.latency.update(per_image_s)
-        pool.latency_updated_at = now
+        pool.record_latency(per_image_s, size, now)
         pool.completions.add(now, n)
         depth = headers.get("X-Queue-Depth")
         if depth is not None and depth.isdigit():
@@ -450,11 +459,12 @@ class Router:
             latency_s = sum(float(p.get("latency", 0.0)) for p in parsed) or upstream_s
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             self.health.record_failure(replica, Failure.SERVER_ERROR, "malformed genimage answer")
-            self.metrics.attempts.labels(pool.name, "server_error").inc()
+            self.metrics.attempt(pool.name, "server_error")
             return _Attempt(failure=Failure.SERVER_ERROR, upstream_s=upstream_s)
         upstream_headers = {"X-Inference-Seconds": f"{latency_s:.6f}"}
-        self._record_success(pool, replica, upstream_headers, image.n, upstream_s)
-        self.metrics.attempts.labels(pool.name, "ok").inc()
+        size = shape_size(f"{image.width}x{image.height}")
+        self._record_success(pool, replica, upstream_headers, image.n, upstream_s, size)
+        self.metrics.attempt(pool.name, "ok")
         payload: dict[str, Any] = {
             "created": int(time.time()),
             "data": images,

@@ -107,6 +107,12 @@ class PoolConfig(BaseModel):
     dns: str | None = None  # 'host:port' resolved to replica addresses
     protocol: UpstreamProtocol = "v1"  # v1: /v1/images; genimage: the paper's sample servers
     read_timeout_s: float | None = Field(default=None, gt=0)  # None: the gateway's default
+    # Scaling bounds of the pool's autoscaler (KEDA minReplicaCount/maxReplicaCount). The
+    # minimum runs (and is paid for) whatever the routing, so cost mode fills it first; the
+    # maximum is what the desired-replicas plan may grow the pool to (None: the replicas it
+    # has now, a pool that does not scale).
+    min_replicas: int = Field(default=0, ge=0)
+    max_replicas: int | None = Field(default=None, ge=1)
 
     @field_validator("shapes")
     @classmethod
@@ -142,6 +148,15 @@ class PoolConfig(BaseModel):
         if not sep or bad_host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ValueError(f"{dns!r} must be 'host:port' with a port in 1..65535")
         return f"{host}:{int(port)}"
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> PoolConfig:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"pool {self.name!r}: max_replicas ({self.max_replicas}) is below "
+                f"min_replicas ({self.min_replicas})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_discovery(self) -> PoolConfig:
@@ -216,6 +231,9 @@ class GatewaySettings(BaseSettings):
     recovery_hold_s: float = Field(
         default=10.0, ge=0
     )  # a recovered pool stays RECOVERING this long
+    # A pool whose replicas stay below the desired count this long, without growing, is
+    # taken to be out of nodes: the plan caps it at what it has until it grows.
+    scale_up_timeout_s: float = Field(default=300.0, gt=0)
     max_spend_per_hour_usd: float | None = Field(default=None, gt=0)  # spend guardrail; None: off
     discovery_interval_s: float = Field(default=10.0, gt=0)  # re-resolve DNS pools
     max_body_bytes: int = Field(default=1_048_576, ge=1)  # larger request bodies get 413

@@ -65,10 +65,12 @@ class WindowCounter:
         if self._started is None:
             self._started = now
         second = math.floor(now)
-        if self._buckets and self._buckets[-1][0] == second:
-            self._buckets[-1][1] += n
-        else:
-            self._buckets.append([second, n])
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == second:
+            # Old buckets can wait for the next new one: count() trims before it sums.
+            buckets[-1][1] += n
+            return
+        buckets.append([second, n])
         self._trim(now)
 
     def count(self, now: float) -> float:

@@ -10,8 +10,13 @@ For each pool count, `replicas` replicas are spread evenly over the pools
   with the control loop's weights published (the steady state) and without
   (static weights, the first second);
 - `snapshot`: `PoolRegistry.snapshot(priority)` over a registry with the same
-  pools, which the router calls once per attempt today;
+  pools, which the router calls once per attempt, with nothing changed since
+  the last one, and `after a load change` with one replica's in-flight count
+  changed before each (the router's own change per attempt; replicas taken
+  in turn);
 - `route`: snapshot plus decide, the decision's whole cost per request.
+  (`decide` alone reuses one snapshot, whose views keep what they derived
+  on first use; `route` pays that on every fresh snapshot.)
 
 Also the overhead benchmark's one pool with one replica, and the demo's
 three pools with four replicas, for reference. Each figure is the median of
@@ -21,6 +26,7 @@ five timed batches. Prints a table; writes JSON with `--out`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -133,11 +139,22 @@ def time_us(fn: Callable[[], object], seconds: float) -> float:
 def bench_size(label: str, pools: int, replicas: int, seconds: float) -> dict[str, Any]:
     registry = build_registry(pools, replicas)
     snapshot_us = time_us(lambda: registry.snapshot(Priority.INTERACTIVE), seconds)
+    states = list(registry.replicas())
+    turn = itertools.count()
+
+    def snapshot_after_load_change() -> object:
+        replica = states[next(turn) % len(states)]
+        replica.in_flight += 1
+        snapshot = registry.snapshot(Priority.INTERACTIVE)
+        replica.in_flight -= 1
+        return snapshot
+
     row: dict[str, Any] = {
         "label": label,
         "pools": pools,
         "replicas": replicas,
         "snapshot_us": snapshot_us,
+        "snapshot_load_change_us": time_us(snapshot_after_load_change, seconds),
         "decide_us": {},
         "decide_static_weights_us": {},
         "route_us": {},
@@ -160,13 +177,13 @@ def bench_size(label: str, pools: int, replicas: int, seconds: float) -> dict[st
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    head = ["size", "snapshot"] + [f"{n}" for n in POLICY_NAMES]
+    head = ["size", "snapshot", "after a change"] + [f"{n}" for n in POLICY_NAMES]
     lines = [
         "decide (weights published) and snapshot, microseconds per call",
         "  ".join(f"{h:>14}" for h in head),
     ]
     for r in rows:
-        cells = [r["label"], f"{r['snapshot_us']:.1f}"]
+        cells = [r["label"], f"{r['snapshot_us']:.1f}", f"{r['snapshot_load_change_us']:.1f}"]
         cells += [f"{r['decide_us'][n]:.1f}" for n in POLICY_NAMES]
         lines.append("  ".join(f"{c:>14}" for c in cells))
     lines += ["", "decide with static weights (no control-loop weights yet), microseconds"]

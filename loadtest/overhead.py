@@ -411,7 +411,7 @@ BREAKDOWN: tuple[tuple[str, str], ...] = (
     ("FastAPI native telemetry check", r"NativeTelemetry\.enabled|telemetry/_api"),
     ("endpoint: generate() in gateway/api.py", r"generate \(gateway/api"),
     ("  request body read and validation", r"read_body|parse_body"),
-    ("  request id", r"^uuid4|request_id_of"),
+    ("  request id", r"^uuid4|request_id_of|^RequestIds\."),
     ("  Router.route", r"^Router\.route \(gateway"),
     ("    PoolRegistry.snapshot", r"PoolRegistry\.snapshot"),
     ("    Policy.decide", r"Policy\.decide"),
@@ -420,7 +420,10 @@ BREAKDOWN: tuple[tuple[str, str], ...] = (
     ("  prometheus_client", r"prometheus_client"),
     ("response streaming (ProxiedResponse.__call__)", r"ProxiedResponse\.__call__"),
     ("  socket writes to the client (RequestResponseCycle.send)", r"RequestResponseCycle\.send"),
-    ("gateway protocol: header size and time limits", r"^LimitedHttpToolsProtocol\."),
+    (
+        "gateway protocol: header size and time limits",
+        r"^LimitedHttpToolsProtocol\.|^_HeaderDeadlines\.",
+    ),
     ("background: control loop, probes, discovery", r"ControlLoop|HealthTracker|Discovery"),
 )
 

@@ -14,11 +14,18 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from backends.clock import Clock
 from gateway.control.capacity import CapacityStateMachine, Mode, PoolSignal, Transition
-from gateway.control.optimizer import Allocation, ClassDemand, PoolSupply, allocate
+from gateway.control.optimizer import (
+    Allocation,
+    ClassDemand,
+    PoolSupply,
+    allocate,
+    ceil_replicas,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.pools import PoolRegistry
 from gateway.scheduling.types import PoolView, Priority, Snapshot
@@ -30,6 +37,33 @@ log = logging.getLogger("gateway.control")
 OPTIMIZED_MODES = ("auto", "cost", "capacity")
 TRANSITION_HISTORY = 100
 HISTORY_POINTS = 600  # ten minutes at the default interval
+# A pool answering with capacity errors for this long is planned no new replicas: it
+# cannot take them (a single full queue only marks it constrained for capacity_hold_s).
+PLAN_CONSTRAINED_AFTER_S = 10.0
+# An autoscaler may scale down to the least it was asked for within its stabilization
+# window (HPA's default is 300 s): a pool falling below that lost replicas nobody asked
+# it to lose.
+STABILIZATION_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScalePlan:
+    """Replicas per pool the autoscalers should run, for `sd_gateway_pool_desired_replicas`.
+
+    `desired_replicas` is the cost-optimal allocation of the measured demand
+    over what each pool could grow to (`attainable_replicas`: its maximum, or
+    what it has while it is taken to be out of nodes, listed in `capped`),
+    never below the replicas the current routing fills to target utilization
+    nor the pool's minimum, and never above its maximum. `replicas_share` is
+    the same before rounding and without the minimum: the part of each pool
+    this gateway's demand needs. It is what `sd_gateway_pool_desired_replicas`
+    exports, so that a sum over gateway pods (the KEDA query) rounds once.
+    """
+
+    desired_replicas: Mapping[str, int]
+    replicas_share: Mapping[str, float]  # this gateway's part, unrounded: what it exports
+    attainable_replicas: Mapping[str, int]
+    capped: frozenset[str]
 
 
 @dataclass
@@ -39,6 +73,7 @@ class ControlStatus:
     mode: str = "auto"  # the operator's setting
     effective_mode: str = Mode.COST.value  # what routes now: cost or capacity (or a plain policy)
     allocation: Allocation | None = None
+    plan: ScalePlan | None = None
     batch_admit_fraction: float = 1.0
     spend_limited: str | None = None  # why the spend guardrail acted, if it did
     ticks: int = 0
@@ -51,17 +86,49 @@ class ControlStatus:
     )
 
 
-def supply_of(view: PoolView, *, usable: bool) -> PoolSupply:
+def supply_of(
+    view: PoolView,
+    *,
+    usable: bool,
+    latency_s: float | None = None,
+    replicas: int | None = None,
+    floor_replicas: int = 0,
+) -> PoolSupply:
+    """A pool's supply from its view; `latency_s` and `replicas` override the view's."""
+    latency = view.latency_s if latency_s is None else latency_s
+    count = len(view.healthy_replicas) if replicas is None else replicas
+    slots = view.healthy_slots if replicas is None else replicas * view.slots_per_replica
     return PoolSupply(
         name=view.name,
-        capacity_images_per_s=view.capacity_images_per_s,
-        latency_s=view.latency_s,
-        cost_per_image_usd=view.cost_per_image_usd,
+        capacity_images_per_s=slots / latency if slots > 0 else 0.0,
+        latency_s=latency,
+        cost_per_image_usd=view.price_per_hour_usd * latency / (3600.0 * view.slots_per_replica),
         price_per_hour_usd=view.price_per_hour_usd,
         slots_per_replica=view.slots_per_replica,
-        healthy_replicas=len(view.healthy_replicas),
+        healthy_replicas=count,
         usable=usable,
+        floor_replicas=floor_replicas,
     )
+
+
+@dataclass
+class _Growth:
+    """How one pool has followed the plan: when it last had what it was asked for, or grew."""
+
+    replicas: int
+    since: float
+    wanted: int
+    cap: int | None = None  # taken to be out of nodes at this many replicas
+    history: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+
+    def remember(self, now: float, wanted: int) -> None:
+        self.history.append((now, wanted))
+        while self.history and self.history[0][0] < now - STABILIZATION_S:
+            self.history.popleft()
+
+    def least_wanted(self) -> int:
+        """The fewest replicas asked for lately: an autoscaler may go down to that."""
+        return min((w for _, w in self.history), default=self.wanted)
 
 
 class ControlLoop:
@@ -79,6 +146,10 @@ class ControlLoop:
         self.clock = clock
         self.metrics = metrics
         self.status = ControlStatus(mode=settings.mode)
+        self._growth: dict[str, _Growth] = {}
+        self._first_tick_at = math.inf
+        self._plan_demand: list[ClassDemand] = []
+        self._constrained_since: dict[str, float] = {}
         self.machine = CapacityStateMachine(
             enter_share=settings.capacity_enter_share,
             exit_share=settings.capacity_exit_share,
@@ -97,26 +168,54 @@ class ControlLoop:
         self.metrics.transitions.labels(kind, t.subject, t.new).inc()
 
     def demand(self) -> list[ClassDemand]:
+        """Measured demand per class: one entry any pool can serve, one per restricted group.
+
+        A group is the set of pools that can serve some shapes (768x768 only on
+        GPUs, say); the demand any pool can serve is the class's whole arrival
+        rate less its groups'.
+        """
+        return self._measure()[0]
+
+    def _measure(self) -> tuple[list[ClassDemand], list[ClassDemand]]:
+        """`demand()`, and the replica plan's: each entry over the longer
+        `PLAN_DEMAND_WINDOW_S`, or at the current rate when that is higher."""
         now = self.clock.now()
-        slo = self.settings.slo
-        return [
+        slo = {
+            Priority.INTERACTIVE: self.settings.slo.interactive_seconds,
+            Priority.BATCH: self.settings.slo.batch_seconds,
+        }
+        groups = []
+        restricted = dict.fromkeys(Priority, 0.0)
+        plan: dict[tuple[Priority, frozenset[str] | None], ClassDemand] = {}
+        for priority, group, rate, size in self.registry.group_demand():
+            entry = ClassDemand(priority, rate, slo[priority], pools=group, size=size)
+            plan[(priority, group)] = entry
+            if group is not None:
+                restricted[priority] += rate
+                groups.append(entry)
+        demand = [
             ClassDemand(
-                Priority.INTERACTIVE,
-                self.registry.arrivals_by_class[Priority.INTERACTIVE].rate(now),
-                slo.interactive_seconds,
-            ),
-            ClassDemand(
-                Priority.BATCH,
-                self.registry.arrivals_by_class[Priority.BATCH].rate(now),
-                slo.batch_seconds,
-            ),
+                p,
+                max(0.0, self.registry.arrivals_by_class[p].rate(now) - restricted[p]),
+                slo[p],
+                size=plan[(p, None)].size if (p, None) in plan else 1.0,
+            )
+            for p in Priority
         ]
+        for d in demand:  # plan for a rise at once, for a fall only once it lasts
+            planned = plan.get((d.priority, None))
+            if planned is None or planned.rate_per_s < d.rate_per_s:
+                plan[(d.priority, None)] = d
+        routing = demand + sorted(groups, key=lambda d: (d.priority, sorted(d.pools or ())))
+        return routing, list(plan.values())
 
     def tick(self) -> ControlStatus:
         """One control step; returns the published status."""
         now = self.clock.now()
+        self._first_tick_at = min(self._first_tick_at, now)
+        self.registry.forget_shapes()
         snap = self.registry.snapshot()
-        demand = self.demand()
+        demand, self._plan_demand = self._measure()
         signals = [self._signal(view, now) for view in snap.pools]
         # A pool that lost some replicas still serves with the rest; one that answers
         # with capacity errors, has no healthy replica or is drained gets no new share.
@@ -124,11 +223,24 @@ class ControlLoop:
             s.name: not (s.draining or s.capacity_errors or s.healthy_replicas == 0)
             for s in signals
         }
-        supplies = [supply_of(v, usable=usable[v.name]) for v in snap.pools]
+        unit = {
+            v.name: self.registry.get(v.name).estimated_latency_s(now, unit=True)
+            for v in snap.pools
+        }
+        floor = {v.name: self.registry.get(v.name).config.min_replicas for v in snap.pools}
+        supplies = [
+            supply_of(
+                v, usable=usable[v.name], latency_s=unit[v.name], floor_replicas=floor[v.name]
+            )
+            for v in snap.pools
+        ]
         target = self.settings.target_utilization
         # The plan if every pool were whole: the pools it uses are the preferred ones.
         ideal = allocate(
-            [supply_of(v, usable=True) for v in self._whole(snap)],
+            [
+                supply_of(v, usable=True, latency_s=unit[v.name], floor_replicas=floor[v.name])
+                for v in self._whole(snap)
+            ],
             demand,
             mode="cost",
             target_utilization=target,
@@ -139,7 +251,10 @@ class ControlLoop:
             for name, rate in per_class.items()
             if rate > 0
         ) or frozenset(self._cheapest(snap))
-        capacity_per_s = sum(s.capacity_images_per_s * target for s in supplies if s.usable)
+        # Demand against what the pools can grow to: nearing what they have now is the
+        # autoscalers' business, not a shortfall.
+        reach, capped = self._reach(snap, now)
+        capacity_per_s = sum(s.capacity_images_per_s * target for s in reach if s.usable)
         total_demand = sum(d.rate_per_s for d in demand)
         mode = self.machine.update(
             now,
@@ -151,6 +266,7 @@ class ControlLoop:
         operator = self.status.mode
         effective = mode.value if operator == "auto" else operator
         allocation: Allocation | None = None
+        plan: ScalePlan | None = None
         admit = 1.0
         limited: str | None = None
         if operator in OPTIMIZED_MODES:
@@ -158,15 +274,22 @@ class ControlLoop:
             admit = _batch_admit(allocation, demand)
             allocation, admit, limited = self._guard_spend(allocation, supplies, demand, admit)
             self.registry.weights = {p: dict(w) for p, w in allocation.weights.items()}
+            self.registry.group_weights = {
+                g: {p: dict(w) for p, w in per_class.items()}
+                for g, per_class in allocation.group_weights.items()
+            }
+            plan = self._plan(reach, capped, allocation)
         else:
             self.registry.weights = {}
+            self.registry.group_weights = {}
         self.registry.control_states = dict(self.machine.pools)
         self.status.effective_mode = effective
         self.status.allocation = allocation
+        self.status.plan = plan
         self.status.batch_admit_fraction = admit
         self.status.spend_limited = limited
         self.status.ticks += 1
-        self._export(allocation)
+        self._export(plan)
         self._record(snap)
         return self.status
 
@@ -255,10 +378,115 @@ class ControlLoop:
         )
         return cheap, 0.0, reason
 
-    def _export(self, allocation: Allocation | None) -> None:
-        if allocation is None:
+    def _reach(self, snap: Snapshot, now: float) -> tuple[list[PoolSupply], frozenset[str]]:
+        """Each pool as it could grow (its maximum, or what it has while out of nodes)."""
+        supplies = []
+        capped = set()
+        for view in snap.pools:
+            pool = self.registry.get(view.name)
+            config = pool.config
+            have = sum(1 for r in pool.replicas.values() if not r.retiring)
+            if config.max_replicas is None:  # a pool that does not scale: what it has
+                reach = max(have, config.min_replicas)
+            else:
+                reach = max(config.max_replicas, config.min_replicas)
+                cap = self._follow(view.name, have, now).cap
+                if cap is not None:
+                    reach = min(reach, cap)
+                    capped.add(view.name)
+            if now < pool.constrained_until:
+                since = self._constrained_since.setdefault(view.name, now)
+            else:
+                since = self._constrained_since.pop(view.name, now)
+            usable = not pool.draining and now - since < PLAN_CONSTRAINED_AFTER_S
+            supplies.append(
+                supply_of(
+                    view,
+                    usable=usable and reach > 0,
+                    latency_s=pool.plan_latency.value,
+                    replicas=reach,
+                    floor_replicas=config.min_replicas,
+                )
+            )
+        return supplies, frozenset(capped)
+
+    def _plan(
+        self, reach: list[PoolSupply], capped: frozenset[str], routing: Allocation
+    ) -> ScalePlan:
+        """Replicas per pool: the demand placed cheapest first over what pools could grow to."""
+        now = self.clock.now()
+        mode = "capacity" if self.status.mode == "capacity" else "cost"
+        ideal = allocate(
+            reach,
+            self._plan_demand,
+            mode=mode,
+            target_utilization=self.settings.target_utilization,
+        )
+        desired: dict[str, int] = {}
+        share: dict[str, float] = {}
+        for supply in reach:
+            name = supply.name
+            config = self.registry.get(name).config
+            # Never below what the current routing fills: that pool carries it until the
+            # plan's cheaper replicas are up.
+            exact = max(ideal.exact_replicas[name], routing.placed_replicas[name])
+            cap = supply.healthy_replicas
+            if name in capped and ceil_replicas(exact) >= cap:
+                # Ask for one more than the cap, which the cluster grants once it can; as a
+                # share, so that the sum over several gateways asks for one more too.
+                exact = exact * (cap + 1) / cap if cap > 0 else max(exact, 1.0)
+            wanted = max(ceil_replicas(exact), config.min_replicas)
+            if config.max_replicas is not None:
+                wanted = min(wanted, config.max_replicas)
+            desired[name] = wanted
+            share[name] = exact
+            growth = self._growth.get(name)
+            if growth is not None:
+                growth.wanted = wanted
+                if now - self._first_tick_at >= self.settings.rate_window_s:
+                    growth.remember(now, wanted)  # not while the demand estimate warms up
+        return ScalePlan(
+            desired_replicas=desired,
+            replicas_share=share,
+            attainable_replicas={s.name: s.healthy_replicas for s in reach},
+            capped=capped,
+        )
+
+    def _follow(self, name: str, have: int, now: float) -> _Growth:
+        """Track whether a pool gets the replicas the plan asks for; infer a shortfall.
+
+        A pool is taken to be out of nodes, and capped at the replicas it has,
+        when it loses replicas nobody asked it to lose (evicted, reclaimed),
+        or stays below its desired count for `scale_up_timeout_s` without
+        growing. The cap holds until the pool grows past it: the plan keeps
+        asking for one replica more, which the cluster grants once it can.
+        """
+        growth = self._growth.get(name)
+        if growth is None:
+            growth = self._growth[name] = _Growth(replicas=have, since=now, wanted=have)
+        lost = growth.replicas - have
+        if growth.cap is not None and have > growth.cap:
+            log.info("pool %s grew to %d replicas: no longer planned as short", name, have)
+            growth.cap = None
+        if have > growth.replicas or have >= growth.wanted:
+            growth.since = now
+        growth.replicas = have
+        if growth.cap is not None:
+            return growth
+        if lost > 0 and have < growth.least_wanted():
+            why = f"lost {lost} replica(s) while at least {growth.least_wanted()} were wanted"
+        elif now - growth.since >= self.settings.scale_up_timeout_s:
+            why = f"stayed below the {growth.wanted} wanted for {now - growth.since:.0f} s"
+        else:
+            return growth
+        growth.cap = have
+        log.warning("pool %s %s: planned as out of capacity at %d replicas", name, why, have)
+        return growth
+
+    def _export(self, plan: ScalePlan | None) -> None:
+        if plan is None:
             return
-        for name, replicas in allocation.desired_replicas.items():
+        for name, replicas in plan.replicas_share.items():
             self.metrics.desired_replicas.labels(name).set(replicas)
 
     async def run(self) -> None:
@@ -272,11 +500,11 @@ class ControlLoop:
 
 
 def _scaled(d: ClassDemand, fraction: float) -> ClassDemand:
-    return ClassDemand(d.priority, d.rate_per_s * fraction, d.slo_s)
+    return dataclasses.replace(d, rate_per_s=d.rate_per_s * fraction)
 
 
 def _relaxed(d: ClassDemand) -> ClassDemand:
-    return ClassDemand(d.priority, d.rate_per_s, math.inf)
+    return dataclasses.replace(d, slo_s=math.inf)
 
 
 def _batch_admit(allocation: Allocation, demand: list[ClassDemand]) -> float:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.scheduling.types import Priority
+from gateway.scheduling.weights import COST_TIE_REL_TOL
 
 MODES = ("cost", "capacity")
-_COST_TIER_REL = 1e-6  # costs this close (relative) form one tier, shared by headroom
+# Costs within this share of a tier's cheapest pool join that tier (see weights.py).
+COST_TIER_REL = COST_TIE_REL_TOL
 _CEIL_EPS = 1e-9  # so an exact multiple of a replica's target load does not round up
 _PRIORITY_RANK = {p: i for i, p in enumerate(Priority)}
 
@@ -24,21 +26,36 @@ class PoolSupply:
 
     name: str
     capacity_images_per_s: float  # full capacity: healthy_slots / latency_s
-    latency_s: float  # EWMA service time per image
+    latency_s: float  # EWMA service time per image (per 512x512 image for sized demand)
     cost_per_image_usd: float
     price_per_hour_usd: float  # per replica
     slots_per_replica: int
     healthy_replicas: int
     usable: bool = True  # False: unavailable, constrained or draining: gets no allocation
+    # Replicas the pool runs whatever the routing (its minimum): their capacity costs
+    # nothing extra, so cost mode fills it before it pays for any other.
+    floor_replicas: int = 0
+
+    @property
+    def slots(self) -> float:
+        """Slots the capacity stands for (healthy_slots)."""
+        return self.capacity_images_per_s * self.latency_s
 
 
 @dataclass(frozen=True, slots=True)
 class ClassDemand:
-    """The measured arrival rate of one priority class and its objective."""
+    """The measured arrival rate of one priority class (of one shape group) and its objective.
+
+    `pools` names the pools that can serve this demand (the ones supporting its
+    image shapes); None means any pool. `size` is its service time relative to
+    a pool's `latency_s` (2.25 for 768x768 against a 512x512 latency).
+    """
 
     priority: Priority
     rate_per_s: float  # measured images/s of this class
     slo_s: float  # completion objective of the class
+    pools: frozenset[str] | None = None
+    size: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +63,13 @@ class Allocation:
     """Where the optimizer placed each class's demand.
 
     All mappings are plain dicts, fresh per call; treat them as read-only.
-    `assigned`, `weights` and `deficit_per_s` have one entry per class in the
-    demand. Per-pool mappings inside `assigned` and `weights` are sparse: they
-    hold only pools with a positive amount. `utilization` and
-    `desired_replicas` hold every pool; `utilization` is `math.inf` for a pool
-    with load but no capacity (possible only when every usable pool is empty).
+    `assigned` and `deficit_per_s` sum each class over its shape groups;
+    `weights` are the routing shares of the demand any pool can serve, and
+    `group_weights` those of each restricted group (`ClassDemand.pools`).
+    Per-pool mappings inside `assigned` and the weights are sparse: they hold
+    only pools with a positive amount. `utilization` and `desired_replicas`
+    hold every pool; `utilization` is `math.inf` for a pool with load but no
+    capacity (possible only when every usable pool is empty).
     """
 
     mode: str
@@ -58,9 +77,16 @@ class Allocation:
     weights: Mapping[Priority, Mapping[str, float]]  # sum 1; empty if no usable pool
     deficit_per_s: Mapping[Priority, float]  # demand that did not fit
     best_effort: frozenset[Priority]  # classes no pool can serve within their objective
-    utilization: Mapping[str, float]  # (assigned + deficit share) / full capacity
+    utilization: Mapping[str, float]  # busy slots / healthy slots, deficit included
     desired_replicas: Mapping[str, int]  # replicas to carry the load at target utilization
     spend_per_hour_usd: float  # sum(desired_replicas * price_per_hour_usd)
+    group_weights: Mapping[frozenset[str], Mapping[Priority, Mapping[str, float]]] = field(
+        default_factory=dict
+    )
+    # The same before rounding up, and that of only what was placed (no deficit): sums
+    # over several gateways' allocations stay exact.
+    exact_replicas: Mapping[str, float] = field(default_factory=dict)
+    placed_replicas: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def total_deficit_per_s(self) -> float:
@@ -77,64 +103,93 @@ def allocate(
 ) -> Allocation:
     """Place each class's demand on pools and derive weights, replicas and spend.
 
-    Classes are served in order of increasing `slo_s` (interactive first on a
-    tie), each from the target capacity (`target_utilization * capacity`) the
-    previous ones left. A pool is feasible for a class when it is usable, has
-    capacity and its `latency_s` meets the class's `slo_s`; a class with no
-    feasible pool is served best effort by every usable pool. "cost" mode fills
-    the cheapest pools first (equal costs share by headroom); "capacity" mode
-    spreads over all of them by headroom. Demand that fits nowhere is the
-    class's deficit, spread over its pools by full capacity for weights,
-    utilization and replicas. A class below `min_demand_per_s` gets weights as
-    if it had that demand, so weights exist whenever a usable pool does.
+    Shape groups are placed one at a time, those served by the fewest pools
+    first (demand any pool can serve last), each from the target capacity
+    (`target_utilization` of every pool's slots) the earlier ones left. Within
+    a group, classes go in order of increasing `slo_s` (interactive first on a
+    tie). A pool is feasible for a class when it is usable, serves the group,
+    has capacity and `latency_s * size` meets the class's `slo_s`; a class
+    with no feasible pool is served best effort by every usable pool of its
+    group. "cost" mode first fills the floor (the replicas pools run anyway),
+    then the cheapest pools (costs within `COST_TIER_REL` form one tier,
+    shared by headroom); "capacity" mode spreads over all of them by headroom.
+    Demand that fits nowhere is the class's deficit, spread over its pools by
+    full capacity for weights, utilization and replicas. A class below
+    `min_demand_per_s` gets weights as if it had that demand, so weights exist
+    whenever a usable pool does.
 
     Raises ValueError on an unknown mode, `target_utilization` outside (0, 1],
-    `min_demand_per_s` not positive, a negative or non-finite rate, a pool with
-    fewer than one slot per replica, or duplicate pool names or priorities.
+    `min_demand_per_s` not positive, a negative or non-finite rate, a
+    non-positive size, a pool with fewer than one slot per replica, duplicate
+    pool names, or two demands for one class and group.
     """
     _validate(pools, demand, mode, target_utilization, min_demand_per_s)
     ordered = sorted(pools, key=lambda p: p.name)
-    headroom = {
-        p.name: target_utilization * p.capacity_images_per_s if _has_capacity(p) else 0.0
-        for p in ordered
-    }
-    load = dict.fromkeys(headroom, 0.0)
-    usable = [p for p in ordered if p.usable]
+    by_name = {p.name: p for p in ordered}
+    room = _Room(ordered, target_utilization)
+    busy = dict.fromkeys(by_name, 0.0)  # slots kept busy, deficit included
+    busy_placed = dict.fromkeys(by_name, 0.0)  # the same without the deficit
     assigned: dict[Priority, dict[str, float]] = {}
-    weights: dict[Priority, dict[str, float]] = {}
     deficits: dict[Priority, float] = {}
+    weights: dict[Priority, dict[str, float]] = {}
+    group_weights: dict[frozenset[str], dict[Priority, dict[str, float]]] = {}
     best_effort: set[Priority] = set()
 
-    for cls in sorted(demand, key=lambda d: (d.slo_s, _PRIORITY_RANK[d.priority])):
-        feasible = [p for p in usable if _has_capacity(p) and p.latency_s <= cls.slo_s]
-        if not feasible and usable:
+    def group_order(d: ClassDemand) -> tuple[int, float, int]:
+        width = len(d.pools) if d.pools is not None else len(ordered) + 1
+        return (width, d.slo_s, _PRIORITY_RANK[d.priority])
+
+    for cls in sorted(demand, key=group_order):
+        serving = [p for p in ordered if p.usable and (cls.pools is None or p.name in cls.pools)]
+        feasible = [p for p in serving if _has_capacity(p) and p.latency_s * cls.size <= cls.slo_s]
+        if not feasible and serving and cls.pools is None:
             best_effort.add(cls.priority)
-        candidates = feasible or usable
+        candidates = feasible or serving
         tiers = _tiers(candidates, mode)
-        placed, deficit = _place(tiers, headroom, cls.rate_per_s)
+        placed, deficit = room.place(tiers, cls.size, cls.rate_per_s)
         served = _with_deficit(placed, candidates, deficit)
         if cls.rate_per_s < min_demand_per_s:
-            as_if, as_if_deficit = _place(tiers, headroom, min_demand_per_s)
-            weights[cls.priority] = _normalised(_with_deficit(as_if, candidates, as_if_deficit))
+            as_if, as_if_deficit = room.place(tiers, cls.size, min_demand_per_s, dry_run=True)
+            shares = _normalised(_with_deficit(as_if, candidates, as_if_deficit))
         else:
-            weights[cls.priority] = _normalised(served)
-        for name, amount in placed.items():
-            headroom[name] = max(0.0, headroom[name] - amount)
+            shares = _normalised(served)
+        if cls.pools is None:
+            weights[cls.priority] = shares
+        else:
+            group_weights.setdefault(cls.pools, {})[cls.priority] = shares
         for name, amount in served.items():
-            load[name] += amount
-        assigned[cls.priority] = placed
-        deficits[cls.priority] = deficit
+            busy[name] += amount * by_name[name].latency_s * cls.size
+        per_class = assigned.setdefault(cls.priority, {})
+        for name, amount in placed.items():
+            per_class[name] = per_class.get(name, 0.0) + amount
+            busy_placed[name] += amount * by_name[name].latency_s * cls.size
+        deficits[cls.priority] = deficits.get(cls.priority, 0.0) + deficit
 
-    replicas = {p.name: _replicas(p, load[p.name], target_utilization) for p in ordered}
+    for cls in demand:
+        if cls.priority not in weights:  # no demand any pool can serve: weights as if tiny
+            serving = [p for p in ordered if p.usable]
+            feasible = [p for p in serving if _has_capacity(p) and p.latency_s <= cls.slo_s]
+            candidates = feasible or serving
+            as_if, as_if_deficit = room.place(
+                _tiers(candidates, mode), 1.0, min_demand_per_s, dry_run=True
+            )
+            weights[cls.priority] = _normalised(_with_deficit(as_if, candidates, as_if_deficit))
+
+    replicas = {p.name: _replicas(p, busy[p.name], target_utilization) for p in ordered}
     return Allocation(
         mode=mode,
         assigned=assigned,
         weights=weights,
         deficit_per_s=deficits,
         best_effort=frozenset(best_effort),
-        utilization={p.name: _utilization(p, load[p.name]) for p in ordered},
+        utilization={p.name: _utilization(p, busy[p.name]) for p in ordered},
         desired_replicas=replicas,
         spend_per_hour_usd=sum(replicas[p.name] * p.price_per_hour_usd for p in ordered),
+        group_weights=group_weights,
+        exact_replicas={p.name: _exact(p, busy[p.name], target_utilization) for p in ordered},
+        placed_replicas={
+            p.name: _exact(p, busy_placed[p.name], target_utilization) for p in ordered
+        },
     )
 
 
@@ -153,56 +208,92 @@ def _validate(
         raise ValueError(f"min_demand_per_s must be positive, got {min_demand_per_s}")
     if len({p.name for p in pools}) != len(pools):
         raise ValueError("pool names must be unique")
-    if len({d.priority for d in demand}) != len(demand):
-        raise ValueError("at most one demand per priority")
+    if len({(d.priority, d.pools) for d in demand}) != len(demand):
+        raise ValueError("at most one demand per priority and pool group")
     for p in pools:
         if p.slots_per_replica < 1:
             raise ValueError(f"pool {p.name!r}: slots_per_replica must be at least 1")
+        if p.floor_replicas < 0:
+            raise ValueError(f"pool {p.name!r}: floor_replicas must be >= 0")
     for d in demand:
         if not (d.rate_per_s >= 0.0 and math.isfinite(d.rate_per_s)):
             raise ValueError(f"{d.priority}: rate_per_s must be finite and >= 0")
+        if not (d.size > 0.0 and math.isfinite(d.size)):
+            raise ValueError(f"{d.priority}: size must be finite and > 0")
 
 
 def _has_capacity(pool: PoolSupply) -> bool:
     return pool.usable and pool.capacity_images_per_s > 0.0
 
 
-def _tiers(candidates: list[PoolSupply], mode: str) -> list[list[PoolSupply]]:
-    """Groups filled in turn: one group in capacity mode, cost tiers cheapest first."""
+_FLOOR, _PAID, _ANY = "floor", "paid", "any"
+Tier = list[tuple[PoolSupply, str]]  # pools filled together, each from one bucket of its room
+
+
+def _tiers(candidates: list[PoolSupply], mode: str) -> list[Tier]:
+    """Groups filled in turn: capacity mode one group; cost mode the floor, then price tiers."""
     if mode == "capacity":
-        return [candidates]
-    tiers: list[list[PoolSupply]] = []
+        return [[(p, _ANY) for p in candidates]]
+    tiers: list[Tier] = [[(p, _FLOOR) for p in candidates]]
+    first_cost = 0.0
     for pool in sorted(candidates, key=lambda p: (p.cost_per_image_usd, p.name)):
-        if tiers and _same_cost(tiers[-1][0].cost_per_image_usd, pool.cost_per_image_usd):
-            tiers[-1].append(pool)
+        cost = pool.cost_per_image_usd
+        if len(tiers) > 1 and cost <= first_cost * (1.0 + COST_TIER_REL):
+            tiers[-1].append((pool, _PAID))
         else:
-            tiers.append([pool])
+            tiers.append([(pool, _PAID)])
+            first_cost = cost
     return tiers
 
 
-def _same_cost(a: float, b: float) -> bool:
-    return abs(a - b) <= _COST_TIER_REL * max(abs(a), abs(b))
+class _Room:
+    """Slots each pool has left below its target: the floor's and the rest, apart."""
 
+    def __init__(self, pools: Sequence[PoolSupply], target_utilization: float) -> None:
+        self.floor: dict[str, float] = {}
+        self.paid: dict[str, float] = {}
+        for p in pools:
+            slots = p.slots if _has_capacity(p) else 0.0
+            floor = min(float(p.floor_replicas * p.slots_per_replica), slots)
+            self.floor[p.name] = target_utilization * floor
+            self.paid[p.name] = target_utilization * (slots - floor)
 
-def _place(
-    tiers: list[list[PoolSupply]], headroom: Mapping[str, float], rate_per_s: float
-) -> tuple[dict[str, float], float]:
-    """Fill tiers in turn, each shared by headroom; returns (placed per pool, left over)."""
-    placed: dict[str, float] = {}
-    remaining = rate_per_s
-    for tier in tiers:
-        if remaining <= 0.0:
-            break
-        room = sum(headroom[p.name] for p in tier)
-        if room <= 0.0:
-            continue
-        take = min(remaining, room)
-        for p in tier:
-            share = take * headroom[p.name] / room
-            if share > 0.0:
-                placed[p.name] = share
-        remaining = 0.0 if take == remaining else remaining - take
-    return placed, remaining
+    def _slots(self, name: str, bucket: str) -> float:
+        if bucket == _FLOOR:
+            return self.floor[name]
+        if bucket == _PAID:
+            return self.paid[name]
+        return self.floor[name] + self.paid[name]
+
+    def _take(self, name: str, bucket: str, slots: float) -> None:
+        if bucket in (_FLOOR, _ANY):
+            from_floor = min(slots, self.floor[name])
+            self.floor[name] -= from_floor
+            slots -= from_floor
+        self.paid[name] = max(0.0, self.paid[name] - slots)
+
+    def place(
+        self, tiers: list[Tier], size: float, rate_per_s: float, *, dry_run: bool = False
+    ) -> tuple[dict[str, float], float]:
+        """Fill tiers in turn, each shared by headroom; returns (placed per pool, left over)."""
+        placed: dict[str, float] = {}
+        remaining = rate_per_s
+        for tier in tiers:
+            if remaining <= 0.0:
+                break
+            rooms = [(p, b, self._slots(p.name, b) / (p.latency_s * size)) for p, b in tier]
+            total = sum(r for _, _, r in rooms)
+            if total <= 0.0:
+                continue
+            take = min(remaining, total)
+            for p, bucket, r in rooms:
+                share = take * r / total
+                if share > 0.0:
+                    placed[p.name] = placed.get(p.name, 0.0) + share
+                    if not dry_run:
+                        self._take(p.name, bucket, share * p.latency_s * size)
+            remaining = 0.0 if take == remaining else remaining - take
+        return placed, remaining
 
 
 def _with_deficit(
@@ -228,14 +319,23 @@ def _normalised(amounts: Mapping[str, float]) -> dict[str, float]:
     return {name: amount / total for name, amount in amounts.items() if amount > 0.0}
 
 
-def _utilization(pool: PoolSupply, load: float) -> float:
-    if pool.capacity_images_per_s > 0.0:
-        return load / pool.capacity_images_per_s
-    return math.inf if load > 0.0 else 0.0
+def _utilization(pool: PoolSupply, busy_slots: float) -> float:
+    slots = pool.slots
+    if slots > 0.0:
+        return busy_slots / slots
+    return math.inf if busy_slots > 0.0 else 0.0
 
 
-def _replicas(pool: PoolSupply, load: float, target_utilization: float) -> int:
-    if not pool.usable or load <= 0.0:
-        return 0
-    per_replica = pool.slots_per_replica * target_utilization
-    return max(0, math.ceil(load * pool.latency_s / per_replica - _CEIL_EPS))
+def _exact(pool: PoolSupply, busy_slots: float, target_utilization: float) -> float:
+    if not pool.usable or busy_slots <= 0.0:
+        return 0.0
+    return busy_slots / (pool.slots_per_replica * target_utilization)
+
+
+def _replicas(pool: PoolSupply, busy_slots: float, target_utilization: float) -> int:
+    return ceil_replicas(_exact(pool, busy_slots, target_utilization))
+
+
+def ceil_replicas(exact: float) -> int:
+    """Whole replicas for `exact` ones; an exact multiple (up to float error) does not round up."""
+    return max(0, math.ceil(exact - _CEIL_EPS))

@@ -58,7 +58,8 @@ class HealthFilter:
 
 
 class SloFilter:
-    """Keeps pools whose predicted completion E_p = W_p + L_p is within the request's SLO.
+    """Keeps pools whose predicted completion (W_p plus the request's own service time
+    at its size, `PoolView.completion_s`) is within the request's SLO.
 
     A NaN or infinite prediction never passes.
     """
@@ -66,7 +67,7 @@ class SloFilter:
     name: str = "slo"
 
     def __call__(self, request: RequestProfile, pools: Sequence[PoolView]) -> list[PoolView]:
-        return [p for p in pools if p.predicted_completion_s <= request.slo_s]
+        return [p for p in pools if p.completion_s(request) <= request.slo_s]
 
 
 class CapacityFilter:

@@ -142,12 +142,14 @@ class Policy:
         candidates = preferred if meets_slo else pools
 
         if self.pool_selection is PoolSelection.NONE:
-            return self._least_request(candidates, meets_slo)
+            return self._least_request(request, candidates, meets_slo)
 
         combined, per_scorer = self._combined_scores(request, candidates)
         scores: dict[str, float] = {}
         if self.pool_selection is PoolSelection.BEST:
             pool = self._best(candidates, combined)
+        elif not meets_slo:
+            pool = self._soonest(request, candidates)
         else:
             pool, share = self._weighted(candidates, combined, snapshot)
             scores["weight"] = share
@@ -157,7 +159,7 @@ class Policy:
         return Decision(
             pool=pool.name,
             replica=replica.url,
-            predicted_completion_s=pool.predicted_completion_s,
+            predicted_completion_s=pool.completion_s(request),
             cost_per_image_usd=pool.cost_per_image_usd,
             meets_slo=meets_slo,
             scores=scores,
@@ -208,6 +210,19 @@ class Policy:
         by_name = {p.name: p for p in candidates}
         return by_name[chosen], shares(effective)[chosen]
 
+    def _soonest(self, request: RequestProfile, candidates: Sequence[PoolView]) -> PoolView:
+        """Best effort: the pool expected to finish the request first.
+
+        Weights place demand where it meets its objective; when no pool can,
+        they would pile the overflow onto the pools they favour. Each decision
+        adds to the chosen pool's queue, so the next one sees it: overflow
+        spreads as the queues even out. A CONSTRAINED pool's time counts ten
+        times, as its weight would count a tenth.
+        """
+        order = list(candidates)
+        self._rng.shuffle(order)  # ties go to a random pool
+        return min(order, key=lambda p: p.completion_s(request) / max(_state_factor(p), 1e-9))
+
     def _pick_replica(self, pool: PoolView) -> ReplicaView:
         if self.replica_selection is ReplicaSelection.ROUND_ROBIN:
             healthy = {r.url: r for r in pool.replicas if r.healthy}
@@ -215,7 +230,9 @@ class Policy:
             return healthy[cursor.pick(list(healthy))]
         return self._replica_picker.pick(pool.replicas)
 
-    def _least_request(self, candidates: Sequence[PoolView], meets_slo: bool) -> Decision:
+    def _least_request(
+        self, request: RequestProfile, candidates: Sequence[PoolView], meets_slo: bool
+    ) -> Decision:
         factors = {p.name: _state_factor(p) for p in candidates}
 
         def load(replica: ReplicaView) -> float:
@@ -230,7 +247,7 @@ class Policy:
         return Decision(
             pool=pool.name,
             replica=replica.url,
-            predicted_completion_s=pool.predicted_completion_s,
+            predicted_completion_s=pool.completion_s(request),
             cost_per_image_usd=pool.cost_per_image_usd,
             meets_slo=meets_slo,
             scores={"load": replica.load},

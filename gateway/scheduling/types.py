@@ -35,10 +35,21 @@ class RequestProfile:
     steps: int | None = None
     priority: Priority = Priority.INTERACTIVE
     slo_s: float = 2.0  # completion objective of the request's class, seconds
+    _shape: str = field(default="", init=False, repr=False, compare=False)
+
+    @property
+    def size(self) -> float:
+        """Pixels per image relative to 512x512: how much longer than one it takes."""
+        return self.width * self.height / (512 * 512)
 
     @property
     def shape(self) -> str:
-        return f"{self.width}x{self.height}"
+        """`WIDTHxHEIGHT`, formatted once."""
+        shape = self._shape
+        if not shape:
+            shape = f"{self.width}x{self.height}"
+            object.__setattr__(self, "_shape", shape)
+        return shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,19 +93,34 @@ class PoolView:
     weight: float | None = None
     error_rate: float = 0.0  # share of recent requests that failed, in [0, 1]
     max_batch: int | None = None  # largest n its replicas run in one call; None: unknown
+    unit_latency_s: float | None = None  # EWMA per 512x512-equivalent image; None: latency_s
+    # Derived from `replicas` on first use and kept: a decision reads them many times.
+    _healthy: tuple[ReplicaView, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _healthy_slots: int = field(default=-1, init=False, repr=False, compare=False)
 
     @property
     def healthy_replicas(self) -> tuple[ReplicaView, ...]:
-        return tuple(r for r in self.replicas if r.healthy)
+        healthy = self._healthy
+        if healthy is None:
+            healthy = tuple(r for r in self.replicas if r.healthy)
+            object.__setattr__(self, "_healthy", healthy)
+        return healthy
 
     @property
     def healthy_slots(self) -> int:
-        return sum(r.slots for r in self.replicas if r.healthy)
+        slots = self._healthy_slots
+        if slots < 0:
+            slots = sum(r.slots for r in self.healthy_replicas)
+            object.__setattr__(self, "_healthy_slots", slots)
+        return slots
 
     @property
     def capacity_images_per_s(self) -> float:
         """T_p = R_p s_p / L_p."""
-        return self.healthy_slots / self.latency_s if self.healthy_slots else 0.0
+        slots = self.healthy_slots
+        return slots / self.latency_s if slots else 0.0
 
     @property
     def wait_s(self) -> float:
@@ -106,6 +132,16 @@ class PoolView:
     def predicted_completion_s(self) -> float:
         """E_p = W_p + L_p."""
         return self.wait_s + self.latency_s
+
+    def service_s(self, request: RequestProfile) -> float:
+        """Expected service time per image of the request's size."""
+        if self.unit_latency_s is None:
+            return self.latency_s
+        return self.unit_latency_s * request.size
+
+    def completion_s(self, request: RequestProfile) -> float:
+        """E_p for this request: the queue W_p, then its own service time."""
+        return self.wait_s + self.service_s(request)
 
     @property
     def cost_per_image_usd(self) -> float:

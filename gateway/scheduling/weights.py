@@ -21,9 +21,11 @@ MIN_DEMAND_IMAGES_PER_S = 1e-6
 HEADROOM_FLOOR = 0.02
 
 # Costs within this relative distance count as one price tier and share the
-# tier's demand in proportion to capacity; otherwise the name tie-break would
-# herd all traffic onto one of several identical pools.
-COST_TIE_REL_TOL = 1e-6
+# tier's demand in proportion to capacity. Identical pools would otherwise be
+# herded onto one by the name tie-break, and measured latencies (so $/image)
+# move by several percent from one second to the next: a tighter tolerance
+# would swap near-equal pools' order all the time.
+COST_TIE_REL_TOL = 0.05
 
 DEFAULT_TARGET_UTILIZATION = 0.8
 

@@ -46,7 +46,6 @@ from loadtest.sim.baselines import (
     StaticAlbPolicy,
 )
 from loadtest.sim.cluster import Cluster
-from loadtest.sim.plan import Planner
 from loadtest.sim.recorder import Recorder
 from loadtest.sim.scenario import Scenario
 from loadtest.sim.workload import Arrival
@@ -108,11 +107,6 @@ class PolicyRun:
         )
         self.world = self.cluster.pools
         self.replicas = self.cluster.replicas
-        self.planner = (
-            Planner(scenario, self.registry, self.scaler, self.cluster.live)
-            if policy in PLAN_SCALED
-            else None
-        )
         self.recorder = Recorder(list(self.world), self.duration_s, scenario.bucket_s)
         self.recorder.faults = self.cluster.faults
         self._seq = 0
@@ -209,9 +203,7 @@ class PolicyRun:
         profile, gen = self._profiles[(arrival.batch, arrival.shape)]
         priority = profile.priority
         self.recorder.classes[priority].arrivals += 1
-        self.registry.record_arrival(priority, profile.n)
-        if self.planner is not None:
-            self.planner.on_arrival(priority, arrival.shape, profile.n, arrival.t_s)
+        self.registry.record_arrival(priority, profile.n, profile.shape)
         request = Request(self._next_id, arrival.t_s, profile, gen)
         self._next_id += 1
         if priority is Priority.BATCH and self.loop is not None:
@@ -305,7 +297,7 @@ class PolicyRun:
         replica.running.remove(job)
         replica.busy -= 1
         if replica.queue:
-            self._start(replica.queue.popleft(), now)
+            self._start(replica.next_job(), now)
         elif replica.phase is ReplicaPhase.DRAINING and replica.busy == 0:
             self.cluster.drained(replica)
         # What the router records on a 200: X-Inference-Seconds per image, X-Queue-Depth.
@@ -314,11 +306,8 @@ class PolicyRun:
         pool = self.registry.pools[state.pool]
         n = request.profile.n
         state.in_flight -= 1
-        pool.latency.update(job.service_s / n)
-        pool.latency_updated_at = now
+        pool.record_latency(job.service_s / n, request.area, now)
         pool.completions.add(now, n)
-        if self.planner is not None:
-            self.planner.on_completion(state.pool, request.area, n, job.service_s, now)
         state.reported_queue_depth = depth
         self.health.record_success(state)
         self.policy.on_success(state.pool, now - job.dispatched_s, now)
@@ -416,7 +405,10 @@ class PolicyRun:
                     self.cluster.drained(replica)
 
     def _scale(self, now: float) -> None:
-        plan = self.planner.desired(now) if self.planner is not None else None
+        plan = None
+        if self.policy_name in PLAN_SCALED and self.loop is not None:
+            status = self.loop.status
+            plan = status.plan.desired_replicas if status.plan is not None else None
         tolerance = self.scenario.autoscaler.tolerance
         for pool in self.world.values():
             ready = pool.count(ReplicaPhase.READY)

@@ -365,18 +365,27 @@ class Scenario(_Model):
                 "expected_latency_seconds": p.latency_s,
                 "shapes": list(p.shapes) if p.shapes is not None else None,
                 "replicas": [replica_url(p.name, i) for i in range(p.replicas.initial)],
+                "min_replicas": p.replicas.min,
+                "max_replicas": p.replicas.max,
             }
             for p in self.pools
         ]
         for pool in pools:
             if not pool["replicas"]:  # a pool starting empty: a placeholder, synced away at t=0
                 pool["replicas"] = [replica_url(str(pool["name"]), 0)]
-        return dict(self.gateway) | {
-            "mode": mode,
-            "pools": pools,
-            "slo": self.slo.model_dump(),
-            "seed": seed,
-        }
+        # Our plan is the autoscaler's metric: it sizes pools at the same target utilization
+        # as the scaler every policy gets (a scenario's gateway section may still set it).
+        defaults = {"target_utilization": self.autoscaler.target_utilization}
+        return (
+            defaults
+            | dict(self.gateway)
+            | {
+                "mode": mode,
+                "pools": pools,
+                "slo": self.slo.model_dump(),
+                "seed": seed,
+            }
+        )
 
 
 def replica_url(pool: str, index: int) -> str:

@@ -1,8 +1,10 @@
 """The simulated backends: pools of model-server replicas with slots and a waiting room.
 
 A replica behaves as `backends/queue.py` does: `slots` requests in service,
-at most `max_queue` more waiting in FIFO order, and a 429 with a Retry-After
-(the backlog in seconds) beyond that. Service times come from
+at most `max_queue` more waiting in FIFO order with batch work behind all
+interactive work (every client says which in `X-Priority`, and every
+policy's proxy passes it on), and a 429 with a Retry-After (the backlog in
+seconds) beyond that. Service times come from
 `backends.engines.simulated.sample_service_time_s` on the pool's profile.
 Replicas live through PROVISIONING -> READY -> DRAINING -> GONE; a lost
 replica goes straight to GONE and its work fails as a dropped connection.
@@ -20,7 +22,7 @@ import random
 from backends.engines.base import GenerationRequest
 from backends.engines.simulated import mean_service_time_s, sample_service_time_s
 from gateway.pools import ReplicaState
-from gateway.scheduling.types import RequestProfile
+from gateway.scheduling.types import Priority, RequestProfile
 from loadtest.sim.scenario import PoolSpec, replica_url
 
 
@@ -92,6 +94,14 @@ class SimReplica:
     @property
     def depth(self) -> int:
         return self.busy + len(self.queue)
+
+    def next_job(self) -> Job:
+        """The next waiting job: the oldest interactive one, else the oldest batch one."""
+        for i, job in enumerate(self.queue):
+            if job.request.profile.priority is Priority.INTERACTIVE:
+                del self.queue[i]
+                return job
+        return self.queue.popleft()
 
     def retry_after_s(self) -> int:
         """What the model server's queue would say: the backlog in whole seconds (>= 1)."""

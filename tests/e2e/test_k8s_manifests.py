@@ -437,7 +437,8 @@ def test_model_servers_land_on_their_accelerators(
 
 def test_keda_scales_every_pool_on_desired_replicas(render: Callable[[str], list[Obj]]) -> None:
     objects = render("aws")
-    pools = {p.name for p in _gateway_config(objects).pools}
+    configs = {p.name: p for p in _gateway_config(objects).pools}
+    pools = set(configs)
     metric = "sd_gateway_pool_desired_replicas"
     assert f'"{metric}"' in (ROOT / "gateway/metrics.py").read_text()
     scaled = {}
@@ -452,6 +453,12 @@ def test_keda_scales_every_pool_on_desired_replicas(render: Callable[[str], list
         assert f'namespace="{NAMESPACE}"' in query
         assert target["name"] == f"sd-{pool.group(1)}"
         assert 1 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+        # The gateway plans with the same bounds the scaler enforces.
+        config = configs[pool.group(1)]
+        assert (config.min_replicas, config.max_replicas) == (
+            so["spec"]["minReplicaCount"],
+            so["spec"]["maxReplicaCount"],
+        )
         scaled[pool.group(1)] = so
     assert scaled.keys() == pools
 

@@ -1,4 +1,4 @@
-"""The admission queue: slots, FIFO waiting room, immediate refusal, cancellation."""
+"""The admission queue: slots, FIFO waiting room (batch last), immediate refusal, cancellation."""
 
 from __future__ import annotations
 
@@ -59,6 +59,50 @@ async def test_waiters_are_served_in_arrival_order_and_report_wait_time() -> Non
     assert order == [0, 1, 2]
     assert waits == {0: 0.5, 1: 1.0, 2: 1.5}
     assert q.depth == 0
+
+
+async def test_batch_work_waits_behind_interactive_work() -> None:
+    q = AdmissionQueue(1, 4, prior_service_s=1.0, clock=ManualClock())
+    await q.acquire()
+    order: list[str] = []
+
+    async def wait(name: str, *, batch: bool) -> None:
+        await q.acquire(batch=batch)
+        order.append(name)
+
+    tasks = [
+        asyncio.create_task(wait("batch-1", batch=True)),
+        asyncio.create_task(wait("interactive-1", batch=False)),
+        asyncio.create_task(wait("batch-2", batch=True)),
+        asyncio.create_task(wait("interactive-2", batch=False)),
+    ]
+    await settle()
+    assert (q.waiting, q.depth) == (4, 5)
+    with pytest.raises(QueueFullError):
+        await q.acquire(batch=True)  # the waiting room bounds both lines together
+    for _ in range(4):
+        q.release()
+        await settle()
+    await asyncio.gather(*tasks)
+    assert order == ["interactive-1", "interactive-2", "batch-1", "batch-2"]
+    q.release()
+    assert q.depth == 0
+
+
+async def test_a_cancelled_batch_waiter_leaves_its_own_line() -> None:
+    q = AdmissionQueue(1, 2, prior_service_s=1.0, clock=ManualClock())
+    await q.acquire()
+    batch = asyncio.create_task(q.acquire(batch=True))
+    interactive = asyncio.create_task(q.acquire())
+    await settle()
+    batch.cancel()
+    await settle()
+    assert q.waiting == 1
+    q.release()
+    await interactive
+    q.release()
+    await settle()
+    assert (q.in_flight, q.waiting) == (0, 0)
 
 
 async def test_cancelled_waiter_gives_up_its_place() -> None:

@@ -378,3 +378,43 @@ def test_custom_policy_without_health_filter_still_needs_a_healthy_replica(
     assert route(policy, snapshot, 50) == {"up": 50}
     health_only = Policy("h", rng=rng, filters=[HealthFilter()], weighting="cost")
     assert health_only.decide(REQUEST, make_snapshot(make_pool("down", replicas=0))) is None
+
+
+def test_best_effort_goes_where_the_request_finishes_first(
+    make_pool: Any, make_snapshot: Any, rng: random.Random
+) -> None:
+    # Neither pool meets 1 s. The loop's weights send everything to "a", but "a" has a
+    # queue (3 x 1.5 s / 4 slots + 1.5 s = 2.6 s) and "b" none (1.5 s): best effort
+    # takes "b", whatever the weights, so the overflow is not piled onto "a".
+    snapshot = make_snapshot(
+        make_pool("a", replicas=4, latency_s=1.5, outstanding=3, weight=1.0),
+        make_pool("b", replicas=4, latency_s=1.5, weight=0.0),
+    )
+    late = RequestProfile(slo_s=1.0)
+    assert route(build_policy("cost", rng), snapshot, 50, late) == {"b": 50}
+    decision = build_policy("cost", rng).decide(late, snapshot)
+    assert decision is not None
+    assert decision.meets_slo is False
+    assert decision.predicted_completion_s == pytest.approx(1.5)
+    # Within the objective, the published weights decide alone.
+    assert route(build_policy("cost", rng), snapshot, 100, RequestProfile(slo_s=60.0)) == {"a": 100}
+
+
+def test_a_large_image_is_predicted_at_its_own_size(
+    make_pool: Any, make_snapshot: Any, rng: random.Random
+) -> None:
+    # Both pools read 1.0 s per image served, but "mixed" serves mostly 512x512 work at
+    # 0.9 s per 512x512 image, and "large" only 768x768 work at 0.6 s per 512x512 image.
+    mixed = replace(make_pool("mixed", latency_s=1.0), unit_latency_s=0.9)
+    large = replace(make_pool("large", latency_s=1.0), unit_latency_s=0.6)
+    snapshot = make_snapshot(mixed, large)
+    request = RequestProfile(width=768, height=768, slo_s=2.0)
+
+    decision = build_policy("latency", rng).decide(request, snapshot)
+
+    # 0.9 x 2.25 = 2.03 s misses 2 s; 0.6 x 2.25 = 1.35 s meets it.
+    assert decision is not None
+    assert decision.pool == "large"
+    assert decision.predicted_completion_s == pytest.approx(0.6 * 2.25)
+    assert mixed.completion_s(request) == pytest.approx(0.9 * 2.25)
+    assert mixed.completion_s(RequestProfile()) == pytest.approx(0.9)

@@ -124,3 +124,45 @@ def test_scale_down_never_drops_work_and_billing_follows_replicas(small_scenario
     series = recorder.series()
     for pool in ("inf2", "g5", "g6"):
         assert series["replicas"][pool][-2] == 1.0  # the minimum, billed to the end
+
+
+def test_our_scaler_grows_the_cheap_pool_and_plans_around_a_shortfall(
+    small_scenario: Any,
+) -> None:
+    # Steady 4 requests/s of 512x512 work; inf2 (the cheapest per image) starts at one
+    # replica and loses its nodes at 5 min (maximum 1) until 8 min.
+    scenario = small_scenario(
+        duration_s=720,
+        arrivals={"rate": {"kind": "constant", "per_s": 4.0}, "batch_share": 0.25},
+        events=[
+            {"at_s": 300, "kind": "max_replicas", "pool": "inf2", "max_replicas": 1},
+            {"at_s": 480, "kind": "recover", "pool": "inf2"},
+        ],
+    )
+    scenario = scenario.model_copy(
+        update={
+            "pools": tuple(
+                p.model_copy(update={"replicas": p.replicas.model_copy(update={"initial": 1})})
+                for p in scenario.pools
+            )
+        }
+    )
+    arrivals = generate_arrivals(scenario, scenario.seed)
+    run = PolicyRun(scenario, "auto", scenario.seed, arrivals)
+    recorder = run.run()
+    series = recorder.series()
+    bucket = int(scenario.bucket_s)
+    at = {t: t // bucket for t in (290, 420)}
+
+    # Before the shortfall the gateway's plan grew inf2 past its start and left the
+    # dearer pools at their minimum, whose replicas it fills first (about 1.7 of the
+    # 4 images/s at target 0.7; inf2 carries the rest on 3 replicas).
+    ready = series["ready"]
+    assert ready["inf2"][at[290]] >= 3
+    assert ready["g5"][at[290]] == ready["g6"][at[290]] == 1
+    # In it, inf2 is planned as out of capacity and the cheaper of the others grows.
+    assert ready["inf2"][at[420]] == 1
+    assert ready["g5"][at[420]] + ready["g6"][at[420]] >= 4
+    counts = recorder.classes[Priority.INTERACTIVE]
+    assert counts.failed == 0
+    assert counts.served == counts.arrivals
