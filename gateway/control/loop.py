@@ -37,8 +37,8 @@ log = logging.getLogger("gateway.control")
 OPTIMIZED_MODES = ("auto", "cost", "capacity")
 TRANSITION_HISTORY = 100
 HISTORY_POINTS = 600  # ten minutes at the default interval
-# A pool answering with capacity errors for this long is planned no new replicas: it
-# cannot take them (a single full queue only marks it constrained for capacity_hold_s).
+# A pool answering with capacity errors for this long while it has free slots is planned
+# no replicas: it cannot serve (a full queue only marks it constrained for capacity_hold_s).
 PLAN_CONSTRAINED_AFTER_S = 10.0
 # An autoscaler may scale down to the least it was asked for within its stabilization
 # window (HPA's default is 300 s): a pool falling below that lost replicas nobody asked
@@ -394,7 +394,10 @@ class ControlLoop:
                 if cap is not None:
                     reach = min(reach, cap)
                     capped.add(view.name)
-            if now < pool.constrained_until:
+            # Capacity errors from a pool whose slots are all taken mean a full queue: it
+            # needs more replicas, not fewer. From one with room, the pool cannot serve.
+            saturated = view.healthy_slots > 0 and view.outstanding >= view.healthy_slots
+            if now < pool.constrained_until and not saturated:
                 since = self._constrained_since.setdefault(view.name, now)
             else:
                 since = self._constrained_since.pop(view.name, now)

@@ -187,3 +187,22 @@ def test_a_shape_only_some_pools_serve_gets_its_own_weights() -> None:
     # The group's 768x768 demand is 2.25 times the work per image on g5.
     demand = {(d.priority, d.pools): d for d in rig.loop.demand()}
     assert demand[(I, frozenset({"g5"}))].size == pytest.approx(2.25)
+
+
+@pytest.mark.parametrize(("busy", "inf2_planned"), [(True, 5), (False, 0)])
+def test_capacity_errors_leave_the_plan_only_from_a_pool_with_room(
+    busy: bool, inf2_planned: int
+) -> None:
+    rig = Rig(pools(inf2=2))
+    rig.run(5.0, seconds=10)
+    inf2 = rig.registry.get("inf2")
+    inf2.constrained_until = rig.clock.now() + 60.0  # 429s for the next minute
+    for replica in inf2.replicas.values():
+        replica.in_flight = 1 if busy else 0  # one slot each: full, or idle
+
+    desired = rig.run(5.0, seconds=15)
+
+    # A full queue answers 429: the pool needs the replicas it was planned. An idle pool
+    # answering 429 cannot serve, and after 10 s its share goes to g5 (up to g5's max).
+    assert desired["inf2"] == inf2_planned
+    assert desired["g5"] == (1 if busy else 4)
