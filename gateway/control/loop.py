@@ -1,8 +1,10 @@
-"""The control loop: once a `control_interval_s`, signals in, weights out.
+"""The control loop: once a `control_interval_s`, signals in, weights and a replica plan out.
 
 Each tick reads one snapshot, advances the capacity state machine, asks the
 optimizer for the allocation of the mode in force, and publishes per-class
-weights and controller pool states on the registry in one assignment each.
+(and per-shape-group) weights and controller pool states on the registry in
+one assignment each. It also plans each pool's replicas for its autoscaler
+(`ScalePlan`, exported as `sd_gateway_pool_desired_replicas`).
 The hot path never waits for it: it reads whatever was published last, and
 its own per-request filters and scores still react to failures at once.
 """
@@ -148,7 +150,6 @@ class ControlLoop:
         self.status = ControlStatus(mode=settings.mode)
         self._growth: dict[str, _Growth] = {}
         self._first_tick_at = math.inf
-        self._plan_demand: list[ClassDemand] = []
         self._constrained_since: dict[str, float] = {}
         self.machine = CapacityStateMachine(
             enter_share=settings.capacity_enter_share,
@@ -215,7 +216,7 @@ class ControlLoop:
         self._first_tick_at = min(self._first_tick_at, now)
         self.registry.forget_shapes()
         snap = self.registry.snapshot()
-        demand, self._plan_demand = self._measure()
+        demand, plan_demand = self._measure()
         signals = [self._signal(view, now) for view in snap.pools]
         # A pool that lost some replicas still serves with the rest; one that answers
         # with capacity errors, has no healthy replica or is drained gets no new share.
@@ -278,7 +279,7 @@ class ControlLoop:
                 g: {p: dict(w) for p, w in per_class.items()}
                 for g, per_class in allocation.group_weights.items()
             }
-            plan = self._plan(reach, capped, allocation)
+            plan = self._plan(reach, capped, allocation, plan_demand)
         else:
             self.registry.weights = {}
             self.registry.group_weights = {}
@@ -414,14 +415,18 @@ class ControlLoop:
         return supplies, frozenset(capped)
 
     def _plan(
-        self, reach: list[PoolSupply], capped: frozenset[str], routing: Allocation
+        self,
+        reach: list[PoolSupply],
+        capped: frozenset[str],
+        routing: Allocation,
+        demand: list[ClassDemand],
     ) -> ScalePlan:
         """Replicas per pool: the demand placed cheapest first over what pools could grow to."""
         now = self.clock.now()
         mode = "capacity" if self.status.mode == "capacity" else "cost"
         ideal = allocate(
             reach,
-            self._plan_demand,
+            demand,
             mode=mode,
             target_utilization=self.settings.target_utilization,
         )
