@@ -118,3 +118,40 @@ async def test_not_ready_during_cold_start(backend: BackendFactory) -> None:
         r = await c.post("/v1/images", json={"prompt": "x"})
         assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable"
         assert (await c.get("/health")).status_code == 200
+
+
+async def test_waiting_batch_work_lets_interactive_work_go_first(backend: BackendFactory) -> None:
+    """1 slot busy, then batch, batch, interactive wait: the interactive one runs next."""
+    async with (
+        backend(profile="g6", slots=1, max_queue=4, latency_s=0.5) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as c,
+    ):
+        done: list[str] = []
+
+        async def one(name: str, priority: str) -> None:
+            r = await c.post("/v1/images", json={"prompt": name}, headers={"X-Priority": priority})
+            assert r.status_code == 200
+            done.append(name)
+
+        async def depth_reaches(n: int) -> None:
+            """The server holds `n` requests (bounded: 200 polls of the readiness probe)."""
+            for _ in range(200):
+                if (await c.get("/readiness")).json()["queue_depth"] >= n:
+                    return
+                await asyncio.sleep(0.005)
+            raise AssertionError(f"queue depth never reached {n}")
+
+        tasks = []
+        for depth, (name, priority) in enumerate(
+            [
+                ("first", "interactive"),
+                ("batch-1", "batch"),
+                ("batch-2", "BATCH"),
+                ("interactive", "interactive"),
+            ],
+            start=1,
+        ):
+            tasks.append(asyncio.create_task(one(name, priority)))
+            await depth_reaches(depth)  # in line before the next one is sent
+        await asyncio.gather(*tasks)
+    assert done == ["first", "interactive", "batch-1", "batch-2"]
