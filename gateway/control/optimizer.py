@@ -135,9 +135,10 @@ def allocate(
     group_weights: dict[frozenset[str], dict[Priority, dict[str, float]]] = {}
     best_effort: set[Priority] = set()
 
-    def group_order(d: ClassDemand) -> tuple[int, float, int]:
-        width = len(d.pools) if d.pools is not None else len(ordered) + 1
-        return (width, d.slo_s, _PRIORITY_RANK[d.priority])
+    def group_order(d: ClassDemand) -> tuple[int, tuple[str, ...], float, int]:
+        if d.pools is None:
+            return (len(ordered) + 1, (), d.slo_s, _PRIORITY_RANK[d.priority])
+        return (len(d.pools), tuple(sorted(d.pools)), d.slo_s, _PRIORITY_RANK[d.priority])
 
     for cls in sorted(demand, key=group_order):
         serving = [p for p in ordered if p.usable and (cls.pools is None or p.name in cls.pools)]

@@ -564,3 +564,25 @@ def test_weights_exist_for_a_class_seen_only_in_a_group() -> None:
 
     assert result.weights[I] == {"inf2": 1.0}  # as if a trickle of any-shape work arrived
     assert result.group_weights[frozenset({"g6"})][I] == {"g6": 1.0}
+
+
+def test_input_order_does_not_change_the_result_with_shape_groups() -> None:
+    pools = [
+        pool("inf2", *INF2, replicas=2),
+        pool("g5-triton", *TRITON, replicas=2),
+        pool("g6", *G6, replicas=2),
+        pool("trn1", *TRN1, replicas=1),
+    ]
+    # Two groups of the same width compete for g5-triton: the result must not depend on
+    # which is listed first.
+    demand = [
+        interactive(2.0),
+        ClassDemand(I, 1.0, 2.0, pools=GPUS, size=LARGE),
+        ClassDemand(I, 1.0, 2.0, pools=frozenset({"g5-triton", "trn1"})),
+        ClassDemand(B, 0.5, 60.0, pools=GPUS, size=LARGE),
+    ]
+
+    forward = allocate(pools, demand, mode="cost")
+    backward = allocate(pools[::-1], demand[::-1], mode="cost")
+
+    assert forward == backward
