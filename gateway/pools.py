@@ -31,20 +31,11 @@ OUTCOME_HISTORY = 20
 LATENCY_STALE_AFTER_S = 10.0
 LATENCY_RELAX_TAU_S = 20.0
 DEMAND_MIN_SPAN_S = 5.0
-UNIT_PIXELS = 512 * 512
 MAX_SHAPES_REMEMBERED = 256  # shape -> pool group cache, cleared every control tick
 # The replica plan follows demand over a minute and latency over about 50 completions:
 # autoscalers act on it for minutes, so it must not chase a 10-second blip.
 PLAN_DEMAND_WINDOW_S = 60.0
 PLAN_LATENCY_ALPHA = 0.02
-
-
-def shape_size(shape: str) -> float:
-    """Pixels of a 'WxH' shape relative to 512x512 (1.0 for anything unparsable)."""
-    width, _, height = shape.partition("x")
-    if width.isdigit() and height.isdigit() and int(width) and int(height):
-        return int(width) * int(height) / UNIT_PIXELS
-    return 1.0
 
 
 T = TypeVar("T")
@@ -465,7 +456,10 @@ class PoolRegistry:
         live = (r for p in self.pools.values() if not p.draining for r in p.replicas.values())
         return not any(r.healthy(now) for r in live)
 
-    def record_arrival(self, priority: Priority, images: int, shape: str | None = None) -> None:
+    def record_arrival(
+        self, priority: Priority, images: int, shape: str | None = None, size: float = 1.0
+    ) -> None:
+        """Count an arrival of `images` of `shape` (`size` times 512x512 each)."""
         now = self.clock.now()
         self.arrivals.add(now, images)
         self.arrivals_by_class[priority].add(now, images)
@@ -477,7 +471,7 @@ class PoolRegistry:
             counters = (WindowCounter(window, span), WindowCounter(window, span))
             self.group_arrivals[key] = counters
         counters[0].add(now, images)
-        counters[1].add(now, images * (shape_size(shape) if shape is not None else 1.0))
+        counters[1].add(now, images * size)
 
     def group_of(self, shape: str) -> frozenset[str] | None:
         """The pools that can serve `shape`, or None when every pool can (cached per tick)."""

@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.health import Failure, HealthTracker
 from gateway.metrics import GatewayMetrics
-from gateway.pools import PoolRegistry, PoolState, ReplicaState, shape_size
+from gateway.pools import PoolRegistry, PoolState, ReplicaState
 from gateway.proxy import (
     ConnectError,
     Transport,
@@ -161,7 +161,7 @@ class Router:
         """Serve `image`; raises a GatewayError subclass when no pool can."""
         profile = self.profile(image, priority)
         self._check_servable(profile)
-        self.registry.record_arrival(priority, image.n, profile.shape)
+        self.registry.record_arrival(priority, image.n, profile.shape, profile.size)
         if priority is Priority.BATCH and self.rng.random() >= self.batch_admit():
             self.metrics.shed.labels(priority.value, "shortfall").inc()
             raise ShedError(
@@ -293,7 +293,9 @@ class Router:
         started = time.perf_counter()
         try:
             if pool.config.protocol == "genimage":
-                return await self._attempt_genimage(pool, replica, image, trace, started, release)
+                return await self._attempt_genimage(
+                    pool, replica, image, profile.size, trace, started, release
+                )
             headers = {
                 "Content-Type": "application/json",
                 "Accept": "application/json",
@@ -334,9 +336,7 @@ class Router:
             failed.upstream_s = time.perf_counter() - started
             return failed
         upstream_s = time.perf_counter() - started
-        self._record_success(
-            pool, replica, resp.headers, profile.n, upstream_s, shape_size(profile.shape)
-        )
+        self._record_success(pool, replica, resp.headers, profile.n, upstream_s, profile.size)
         headers = response_headers(resp.headers)
         headers.update(self._gateway_headers(pool, trace, resp.headers, profile.n))
         self.metrics.attempt(pool.name, "ok")
@@ -431,11 +431,15 @@ class Router:
         pool: PoolState,
         replica: ReplicaState,
         image: ImageRequest,
+        size: float,
         trace: _Trace,
         started: float,
         release: Callable[[], None],
     ) -> _Attempt:
-        """Speak the sample servers' `POST /genimage {prompt}`: one call per image, buffered."""
+        """Speak the sample servers' `POST /genimage {prompt}`: one call per image, buffered.
+
+        `size`: pixels per image relative to 512x512, for the latency estimates.
+        """
         url = replica.url + "/genimage"
         body = orjson.dumps({"prompt": image.prompt})
         timeout = self._read_timeout(pool)
@@ -462,7 +466,6 @@ class Router:
             self.metrics.attempt(pool.name, "server_error")
             return _Attempt(failure=Failure.SERVER_ERROR, upstream_s=upstream_s)
         upstream_headers = {"X-Inference-Seconds": f"{latency_s:.6f}"}
-        size = shape_size(f"{image.width}x{image.height}")
         self._record_success(pool, replica, upstream_headers, image.n, upstream_s, size)
         self.metrics.attempt(pool.name, "ok")
         payload: dict[str, Any] = {

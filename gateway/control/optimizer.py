@@ -142,10 +142,9 @@ def allocate(
 
     for cls in sorted(demand, key=group_order):
         serving = [p for p in ordered if p.usable and (cls.pools is None or p.name in cls.pools)]
-        feasible = [p for p in serving if _has_capacity(p) and p.latency_s * cls.size <= cls.slo_s]
+        candidates, feasible = _candidates(serving, cls)
         if not feasible and serving and cls.pools is None:
             best_effort.add(cls.priority)
-        candidates = feasible or serving
         tiers = _tiers(candidates, mode)
         placed, deficit = room.place(tiers, cls.size, cls.rate_per_s)
         served = _with_deficit(placed, candidates, deficit)
@@ -168,9 +167,7 @@ def allocate(
 
     for cls in demand:
         if cls.priority not in weights:  # no demand any pool can serve: weights as if tiny
-            serving = [p for p in ordered if p.usable]
-            feasible = [p for p in serving if _has_capacity(p) and p.latency_s <= cls.slo_s]
-            candidates = feasible or serving
+            candidates, _ = _candidates([p for p in ordered if p.usable], cls, size=1.0)
             as_if, as_if_deficit = room.place(
                 _tiers(candidates, mode), 1.0, min_demand_per_s, dry_run=True
             )
@@ -225,6 +222,19 @@ def _validate(
 
 def _has_capacity(pool: PoolSupply) -> bool:
     return pool.usable and pool.capacity_images_per_s > 0.0
+
+
+def _candidates(
+    serving: list[PoolSupply], cls: ClassDemand, size: float | None = None
+) -> tuple[list[PoolSupply], bool]:
+    """(pools to place `cls` on, whether any meets its objective): the feasible ones, if any.
+
+    A pool is feasible with capacity and `latency_s * size` within `slo_s`
+    (`size` defaults to the demand's own).
+    """
+    size = cls.size if size is None else size
+    feasible = [p for p in serving if _has_capacity(p) and p.latency_s * size <= cls.slo_s]
+    return (feasible or serving), bool(feasible)
 
 
 _FLOOR, _PAID, _ANY = "floor", "paid", "any"

@@ -3,8 +3,9 @@
 Every `period_s` each pool gets a recommendation: HPA's
 `ceil(ready * utilization / target)` on its own utilization (busy share of
 its ready slots, averaged over `metric_window_s`; no change within
-`tolerance`), or, for our policy, the engine's plan (see `engine._plan`). Scale-up applies at once;
-scale-down only to the largest recommendation of the last
+`tolerance`), or, for our policies, the gateway's own replica plan
+(`ControlLoop.status.plan`, what it exports for KEDA). Scale-up applies at
+once; scale-down only to the largest recommendation of the last
 `scale_down_cooldown_s` (HPA's stabilization window). The result is clamped to
 [min, max] and becomes the pool's desired replicas.
 
@@ -34,8 +35,6 @@ class _PoolScale:
         default_factory=collections.deque
     )  # (time, busy slots, ready slots)
     recommendations: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
-    shortfall_at: float = -math.inf  # last insufficient-capacity event
-    shortfall_cap: int = 0  # replicas the cluster could hold then
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +105,5 @@ class Autoscaler:
             recs.popleft()
         state.desired = max(r for _, r in recs)
         if state.desired > cluster_max and cluster_max < bounds.max:
-            state.shortfall_at = now
-            state.shortfall_cap = cluster_max
             self.events.append(InsufficientCapacity(now, pool, state.desired, cluster_max))
         return state.desired
-
-    def attainable_max(self, pool: str, now: float, live: int) -> int:
-        """The most replicas the pool can get, as the scaler last learned it.
-
-        The configured maximum, unless the cluster answered "insufficient
-        capacity" within `shortfall_memory_s` and the pool has not since got
-        more than it could hold then (`live`: replicas starting or ready).
-        """
-        state = self.pools[pool]
-        if now - state.shortfall_at <= self.spec.shortfall_memory_s and live <= state.shortfall_cap:
-            return state.shortfall_cap
-        return state.spec.replicas.max

@@ -58,10 +58,6 @@ class Cluster:
             for _ in range(pool.spec.replicas.initial):
                 self._add(pool, ReplicaPhase.READY, 0.0)
 
-    def live(self, pool: str) -> int:
-        """Replicas starting or ready in `pool`."""
-        return self.pools[pool].count(*LIVE)
-
     def _add(self, pool: SimPool, phase: ReplicaPhase, now: float) -> SimReplica:
         replica = pool.add(phase, now)
         self.replicas[replica.url] = replica

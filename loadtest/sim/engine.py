@@ -203,7 +203,7 @@ class PolicyRun:
         profile, gen = self._profiles[(arrival.batch, arrival.shape)]
         priority = profile.priority
         self.recorder.classes[priority].arrivals += 1
-        self.registry.record_arrival(priority, profile.n, profile.shape)
+        self.registry.record_arrival(priority, profile.n, profile.shape, profile.size)
         request = Request(self._next_id, arrival.t_s, profile, gen)
         self._next_id += 1
         if priority is Priority.BATCH and self.loop is not None:

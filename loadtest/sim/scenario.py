@@ -277,10 +277,8 @@ class AutoscalerSpec(_Model):
     period_s: float = Field(default=15.0, gt=0)  # HPA sync period
     target_utilization: float = Field(default=0.7, gt=0, le=1)  # outstanding work per slot
     metric_window_s: float = Field(default=30.0, gt=0)  # averaging window of the metric
-    demand_window_s: float = Field(default=60.0, gt=0)  # our plan's arrival-rate window
     tolerance: float = Field(default=0.1, ge=0, lt=1)  # HPA: no change within +-10 %
     scale_down_cooldown_s: float = Field(default=180.0, ge=0)  # stabilization window
-    shortfall_memory_s: float = Field(default=60.0, ge=0)  # how long a no-nodes answer is kept
 
 
 class Scenario(_Model):

@@ -16,7 +16,7 @@ from backends.clock import ManualClock
 from gateway.control.loop import ControlLoop
 from gateway.metrics import GatewayMetrics
 from gateway.pools import PoolRegistry
-from gateway.scheduling.types import Priority
+from gateway.scheduling.types import Priority, RequestProfile
 from gateway.settings import settings_from_dict
 
 I = Priority.INTERACTIVE  # noqa: E741
@@ -174,8 +174,8 @@ def test_scaling_down_as_asked_is_not_a_shortfall() -> None:
 def test_a_shape_only_some_pools_serve_gets_its_own_weights() -> None:
     rig = Rig(pools(inf2=2, inf2_shapes=["512x512"]))
     for _ in range(10):
-        rig.registry.record_arrival(I, 1, "768x768")
-        rig.registry.record_arrival(I, 1, "512x512")
+        rig.registry.record_arrival(I, 1, "768x768", RequestProfile(width=768, height=768).size)
+        rig.registry.record_arrival(I, 1, "512x512", RequestProfile().size)
         rig.clock.advance(1.0)
     rig.loop.tick()
 
