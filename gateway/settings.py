@@ -224,6 +224,12 @@ class GatewaySettings(BaseSettings):
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)  # weight of the newest latency sample
     rate_window_s: float = Field(default=10.0, gt=0)  # window of the arrival-rate estimate
     target_utilization: float = Field(default=0.8, gt=0, le=1)  # cost mode fills pools to this
+    # Batch work is shed only when the demand would fill the pools beyond this; None:
+    # halfway from target_utilization to full (batch may use half of the target's headroom).
+    batch_admit_utilization: float | None = Field(default=None, gt=0, le=1)
+    # The replica plan follows a rise of the rate_window_s rate over its one-minute rate at
+    # once only when the rise exceeds this many standard deviations of Poisson noise.
+    plan_rise_sigmas: float = Field(default=2.0, ge=0)
     control_interval_s: float = Field(default=1.0, gt=0)  # period of the control loop
     capacity_enter_share: float = Field(default=0.9, gt=0, le=1)  # demand/capacity: capacity mode
     capacity_exit_share: float = Field(default=0.75, gt=0, le=1)  # demand/capacity: back to cost
@@ -284,6 +290,14 @@ class GatewaySettings(BaseSettings):
         if enter is not None and exit_share > enter:
             raise ValueError(f"must not exceed capacity_enter_share ({enter})")
         return exit_share
+
+    @field_validator("batch_admit_utilization")
+    @classmethod
+    def _batch_above_target(cls, share: float | None, info: ValidationInfo) -> float | None:
+        target = info.data.get("target_utilization")
+        if share is not None and target is not None and share < target:
+            raise ValueError(f"must be at least target_utilization ({target})")
+        return share
 
     @field_validator("outlier_max_ejection_s")
     @classmethod

@@ -203,9 +203,14 @@ class ControlLoop:
             )
             for p in Priority
         ]
+        window_s, sigmas = self.settings.rate_window_s, self.settings.plan_rise_sigmas
         for d in demand:  # plan for a rise at once, for a fall only once it lasts
             planned = plan.get((d.priority, None))
-            if planned is None or planned.rate_per_s < d.rate_per_s:
+            # A rise is the short-window rate above the long one by more than its Poisson
+            # noise, sqrt(rate / window): the autoscaler holds every rise for minutes, so
+            # planning on noise would only ratchet replicas up.
+            noise = sigmas * math.sqrt(d.rate_per_s / window_s)
+            if planned is None or d.rate_per_s > planned.rate_per_s + noise:
                 plan[(d.priority, None)] = d
         routing = demand + sorted(groups, key=lambda d: (d.priority, sorted(d.pools or ())))
         return routing, list(plan.values())
@@ -272,7 +277,7 @@ class ControlLoop:
         limited: str | None = None
         if operator in OPTIMIZED_MODES:
             allocation = allocate(supplies, demand, mode=effective, target_utilization=target)
-            admit = _batch_admit(allocation, demand)
+            admit = self._batch_admit(allocation, supplies, demand, effective)
             allocation, admit, limited = self._guard_spend(allocation, supplies, demand, admit)
             self.registry.weights = {p: dict(w) for p, w in allocation.weights.items()}
             self.registry.group_weights = {
@@ -378,6 +383,32 @@ class ControlLoop:
             f"${cap:.2f}/h limit: batch deferred, interactive sent to the cheapest pools"
         )
         return cheap, 0.0, reason
+
+    def _batch_admit(
+        self,
+        allocation: Allocation,
+        supplies: list[PoolSupply],
+        demand: list[ClassDemand],
+        mode: str,
+    ) -> float:
+        """Share of batch work to admit now.
+
+        Routing fills pools to `target_utilization`; the headroom above it is
+        for bursts and for the minutes a scale-up takes. Batch work, whose
+        objective is long, may use part of it (`batch_admit_utilization`), so
+        it is shed only when the demand would fill the pools beyond that, not
+        whenever a rise outpaces the autoscaler. In capacity mode (pools out of
+        nodes) the headroom is kept for interactive work.
+        """
+        if allocation.total_deficit_per_s <= 0:
+            return 1.0
+        target = self.settings.target_utilization
+        roomy = self.settings.batch_admit_utilization
+        if roomy is None:
+            roomy = (1.0 + target) / 2
+        if roomy > target and mode != Mode.CAPACITY.value:  # never below: settings check it
+            allocation = allocate(supplies, demand, mode=mode, target_utilization=roomy)
+        return _batch_admit(allocation, demand)
 
     def _reach(self, snap: Snapshot, now: float) -> tuple[list[PoolSupply], frozenset[str]]:
         """Each pool as it could grow (its maximum, or what it has while out of nodes)."""

@@ -12,7 +12,7 @@ from gateway.control.loop import ControlLoop
 from gateway.metrics import GatewayMetrics
 from gateway.pools import PoolRegistry
 from gateway.scheduling.types import Priority
-from gateway.settings import settings_from_dict
+from gateway.settings import ConfigError, settings_from_dict
 
 POOLS = [
     {
@@ -139,3 +139,37 @@ def test_pinned_capacity_mode_spreads_even_at_low_load() -> None:
     rig.loop.set_mode("capacity")
     weights = rig.weights()
     assert weights["inf2"] > weights["g5"] > 0
+
+
+def test_batch_work_may_use_part_of_the_headroom_above_the_target() -> None:
+    # inf2 may grow to 10 replicas, so 3.4 img/s is no shortfall: the loop stays in cost
+    # mode while the autoscaler catches up. What the pools have now takes, at 0.8,
+    # 0.8 x (2 / 0.67 + 1 / 0.92) = 3.26 img/s, and at the default batch limit, halfway
+    # to full (0.9), 0.9 x 4.07 = 3.66 img/s.
+    pools = [POOLS[0] | {"max_replicas": 10}, POOLS[1]]
+    capacity = 2 / 0.67 + 1 / 0.92
+
+    rig = Rig(pools=pools)
+    rig.demand(2.4, batch_per_s=1.0)
+    status = rig.loop.tick()
+    assert status.effective_mode == "cost"
+    assert status.allocation is not None
+    assert status.allocation.total_deficit_per_s > 0  # above the target...
+    assert status.batch_admit_fraction == 1.0  # ...but within what batch may use
+
+    rig.demand(3.0, batch_per_s=1.0)  # 4.0 img/s: beyond 3.66, the excess is shed
+    status = rig.loop.tick()
+    assert status.effective_mode == "cost"
+    assert status.batch_admit_fraction == pytest.approx(1.0 - (4.0 - 0.9 * capacity))
+
+    strict = Rig(pools=pools, batch_admit_utilization=0.8)  # no headroom for batch
+    strict.demand(2.4, batch_per_s=1.0)
+    status = strict.loop.tick()
+    assert status.batch_admit_fraction == pytest.approx(1.0 - (3.4 - 0.8 * capacity))
+
+
+def test_batch_may_not_be_held_below_the_target() -> None:
+    with pytest.raises(ConfigError, match=r"batch_admit_utilization: must be at least target_u"):
+        settings_from_dict(
+            {"pools": POOLS, "target_utilization": 0.8, "batch_admit_utilization": 0.7}
+        )

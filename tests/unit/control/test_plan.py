@@ -206,3 +206,32 @@ def test_capacity_errors_leave_the_plan_only_from_a_pool_with_room(
     # answering 429 cannot serve, and after 10 s its share goes to g5 (up to g5's max).
     assert desired["inf2"] == inf2_planned
     assert desired["g5"] == (1 if busy else 4)
+
+
+def arrive(rig: Rig, per_s: int, seconds: int) -> dict[str, int]:
+    """Requests through `record_arrival`, as the router counts them; a tick a second."""
+    for _ in range(seconds):
+        for _ in range(per_s):
+            rig.registry.record_arrival(I, 1, "512x512", 1.0)
+        rig.clock.advance(1.0)
+        rig.loop.tick()
+    return rig.desired()
+
+
+@pytest.mark.parametrize(("sigmas", "inf2_after_blip"), [(2.0, 5), (0.0, 6)])
+def test_the_plan_follows_a_rise_at_once_only_beyond_poisson_noise(
+    sigmas: float, inf2_after_blip: int
+) -> None:
+    rig = Rig(pools(inf2=2, inf2_max=20), plan_rise_sigmas=sigmas)
+    # Steady 5 img/s for two minutes: ceil(5 x 0.67 / 0.8) = ceil(4.19) = 5 inf2 replicas.
+    assert arrive(rig, 5, seconds=120)["inf2"] == 5
+
+    # 6 img/s for 10 s: the one-minute rate is 5.17, the 10 s rate 6; the rise of 0.83 is
+    # within twice the noise of a 10 s rate, 2 x sqrt(6 / 10) = 1.55. Planned on the
+    # one-minute rate, ceil(5.17 x 0.67 / 0.8) = 5; on the 10 s rate it would be
+    # ceil(6 x 0.67 / 0.8) = ceil(5.03) = 6.
+    assert arrive(rig, 6, seconds=10)["inf2"] == inf2_after_blip
+
+    # A real step, to 10 img/s: 10 - 5.83 = 4.17 is beyond 2 x sqrt(10 / 10) = 2, and the
+    # plan takes the 10 s rate at once: ceil(10 x 0.67 / 0.8) = ceil(8.38) = 9.
+    assert arrive(rig, 10, seconds=10)["inf2"] == 9
