@@ -77,19 +77,26 @@ class Autoscaler:
         return sum(s[1] for s in samples) / slots
 
     def utilization_recommendation(self, pool: str, ready: int, live: int) -> int:
-        """HPA: ceil(ready * utilization / target); unchanged within the tolerance of `live`.
+        """HPA on its own utilization: `ceil(ready * utilization / target)`.
 
         Pods still starting count for nothing, as HPA treats not-ready pods on a
         scale-up, so a pool waiting for new replicas does not ask again.
         """
-        state = self.pools[pool]
         utilization = self.utilization(pool)
         if utilization is None or ready <= 0:
-            return state.desired
-        wanted = math.ceil(ready * utilization / self.spec.target_utilization - 1e-9)
+            return self.pools[pool].desired
+        return self.recommendation(pool, ready * utilization / self.spec.target_utilization, live)
+
+    def recommendation(self, pool: str, wanted: float, live: int) -> int:
+        """HPA's rule for `wanted` replicas' worth of metric over `live` replicas.
+
+        No change while the ratio `wanted / live` is within the tolerance of 1,
+        else `ceil(wanted)`: the tolerance is on the unrounded ratio, so a pool
+        of 4 asked for 4.2 stays at 4.
+        """
         if live > 0 and abs(wanted / live - 1.0) <= self.spec.tolerance:
-            return state.desired
-        return wanted
+            return self.pools[pool].desired
+        return math.ceil(wanted - 1e-9)
 
     def apply(self, pool: str, now: float, recommendation: int, cluster_max: int) -> int:
         """Stabilize, clamp and store the desired replicas; log a shortfall when they won't fit."""

@@ -408,17 +408,15 @@ class PolicyRun:
         plan = None
         if self.policy_name in PLAN_SCALED and self.loop is not None:
             status = self.loop.status
-            plan = status.plan.desired_replicas if status.plan is not None else None
-        tolerance = self.scenario.autoscaler.tolerance
+            # What the gateway exports: each pool's unrounded share (KEDA sums and rounds).
+            plan = status.plan.replicas_share if status.plan is not None else None
         for pool in self.world.values():
             ready = pool.count(ReplicaPhase.READY)
             live = pool.count(ReplicaPhase.READY, ReplicaPhase.PROVISIONING)
             if plan is None:
                 wanted = self.scaler.utilization_recommendation(pool.name, ready, live)
             else:
-                wanted = plan[pool.name]
-                if live > 0 and abs(wanted / live - 1.0) <= tolerance:
-                    wanted = self.scaler.desired(pool.name)
+                wanted = self.scaler.recommendation(pool.name, plan[pool.name], live)
             self.scaler.apply(pool.name, now, wanted, pool.max_now)
             self.cluster.reconcile(pool, now)
 

@@ -133,6 +133,27 @@ def test_scaler_scales_up_at_once_and_down_after_the_window(small_scenario: Any)
     assert scaler.events == [InsufficientCapacity(400.0, "inf2", 6, 3)]
 
 
+def test_scaler_tolerance_is_on_the_unrounded_ratio_as_hpa_does(small_scenario: Any) -> None:
+    scenario = small_scenario()  # target utilization 0.7, tolerance 0.1
+    scaler = Autoscaler(scenario.autoscaler, scenario.pools)
+    scaler.apply("inf2", 0.0, 4, cluster_max=8)
+    # KEDA's metric asks for 4.2 replicas' worth over 4: a ratio of 1.05, no change (a
+    # rounded rule would read it as 5 / 4 = 1.25 and add a replica).
+    assert scaler.recommendation("inf2", 4.2, live=4) == 4
+    assert scaler.recommendation("inf2", 4.5, live=4) == 5  # 1.125: ceil(4.5)
+    assert scaler.recommendation("inf2", 3.5, live=4) == 4  # 0.875: ceil(3.5)
+    assert scaler.recommendation("inf2", 3.4, live=4) == 4  # 0.85: ceil(3.4)
+    assert scaler.recommendation("inf2", 2.9, live=4) == 3
+    # On its own utilization: 0.74 / 0.7 = 1.057 over 4 ready replicas stays at 4.
+    for t in range(30):
+        scaler.observe("inf2", float(t), busy=74, ready_slots=100)
+    assert scaler.utilization_recommendation("inf2", ready=4, live=4) == 4
+    for t in range(30, 60):
+        scaler.observe("inf2", float(t), busy=80, ready_slots=100)
+    # 0.8 / 0.7 = 1.14: ceil(4 x 1.14) = 5.
+    assert scaler.utilization_recommendation("inf2", ready=4, live=4) == 5
+
+
 def _pool(name: str, replicas: int = 1) -> PoolView:
     views = tuple(ReplicaView(url=f"http://{name}-{i}", pool=name) for i in range(replicas))
     return PoolView(name, "x", 1.0, 1, 1.0, views)
