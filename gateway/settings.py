@@ -113,6 +113,10 @@ class PoolConfig(BaseModel):
     # has now, a pool that does not scale).
     min_replicas: int = Field(default=0, ge=0)
     max_replicas: int | None = Field(default=None, ge=1)
+    # A hedge for a pool that can lose most of its capacity at once (spot, scarce instance
+    # types): it carries at most this share of the demand while other pools have room, so
+    # their headroom can absorb its loss. Costs the price gap on the share moved. None: no cap.
+    max_share: float | None = Field(default=None, gt=0, le=1)
 
     @field_validator("shapes")
     @classmethod

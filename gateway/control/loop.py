@@ -31,7 +31,7 @@ from gateway.control.optimizer import (
 from gateway.metrics import GatewayMetrics
 from gateway.pools import PoolRegistry
 from gateway.scheduling.types import PoolView, Priority, Snapshot
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, PoolConfig
 
 log = logging.getLogger("gateway.control")
 
@@ -94,9 +94,12 @@ def supply_of(
     usable: bool,
     latency_s: float | None = None,
     replicas: int | None = None,
-    floor_replicas: int = 0,
+    config: PoolConfig | None = None,
 ) -> PoolSupply:
-    """A pool's supply from its view; `latency_s` and `replicas` override the view's."""
+    """A pool's supply from its view; `latency_s` and `replicas` override the view's.
+
+    `config` gives the pool's minimum (its floor) and `max_share`.
+    """
     latency = view.latency_s if latency_s is None else latency_s
     count = len(view.healthy_replicas) if replicas is None else replicas
     slots = view.healthy_slots if replicas is None else replicas * view.slots_per_replica
@@ -109,7 +112,8 @@ def supply_of(
         slots_per_replica=view.slots_per_replica,
         healthy_replicas=count,
         usable=usable,
-        floor_replicas=floor_replicas,
+        floor_replicas=0 if config is None else config.min_replicas,
+        max_share=None if config is None else config.max_share,
     )
 
 
@@ -233,18 +237,16 @@ class ControlLoop:
             v.name: self.registry.get(v.name).estimated_latency_s(now, unit=True)
             for v in snap.pools
         }
-        floor = {v.name: self.registry.get(v.name).config.min_replicas for v in snap.pools}
+        config = {v.name: self.registry.get(v.name).config for v in snap.pools}
         supplies = [
-            supply_of(
-                v, usable=usable[v.name], latency_s=unit[v.name], floor_replicas=floor[v.name]
-            )
+            supply_of(v, usable=usable[v.name], latency_s=unit[v.name], config=config[v.name])
             for v in snap.pools
         ]
         target = self.settings.target_utilization
         # The plan if every pool were whole: the pools it uses are the preferred ones.
         ideal = allocate(
             [
-                supply_of(v, usable=True, latency_s=unit[v.name], floor_replicas=floor[v.name])
+                supply_of(v, usable=True, latency_s=unit[v.name], config=config[v.name])
                 for v in self._whole(snap)
             ],
             demand,
@@ -440,7 +442,7 @@ class ControlLoop:
                     usable=usable and reach > 0,
                     latency_s=pool.plan_latency.value,
                     replicas=reach,
-                    floor_replicas=config.min_replicas,
+                    config=config,
                 )
             )
         return supplies, frozenset(capped)

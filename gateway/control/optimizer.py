@@ -35,6 +35,9 @@ class PoolSupply:
     # Replicas the pool runs whatever the routing (its minimum): their capacity costs
     # nothing extra, so cost mode fills it before it pays for any other.
     floor_replicas: int = 0
+    # The most of all demand (512x512-equivalent work) the pool is given while other pools
+    # have room: a hedge for a pool that can lose most of its capacity at once. None: no cap.
+    max_share: float | None = None
 
     @property
     def slots(self) -> float:
@@ -113,6 +116,8 @@ def allocate(
     group. "cost" mode first fills the floor (the replicas pools run anyway),
     then the cheapest pools (costs within `COST_TIER_REL` form one tier,
     shared by headroom); "capacity" mode spreads over all of them by headroom.
+    A pool with `max_share` takes at most that share of all the demand's work
+    (rate times size) while other pools have room, and more only when none has.
     Demand that fits nowhere is the class's deficit, spread over its pools by
     full capacity for weights, utilization and replicas. A class below
     `min_demand_per_s` gets weights as if it had that demand, so weights exist
@@ -126,7 +131,8 @@ def allocate(
     _validate(pools, demand, mode, target_utilization, min_demand_per_s)
     ordered = sorted(pools, key=lambda p: p.name)
     by_name = {p.name: p for p in ordered}
-    room = _Room(ordered, target_utilization)
+    work = sum(d.rate_per_s * d.size for d in demand)
+    room = _Room(ordered, target_utilization, work)
     busy = dict.fromkeys(by_name, 0.0)  # slots kept busy, deficit included
     busy_placed = dict.fromkeys(by_name, 0.0)  # the same without the deficit
     assigned: dict[Priority, dict[str, float]] = {}
@@ -213,6 +219,8 @@ def _validate(
             raise ValueError(f"pool {p.name!r}: slots_per_replica must be at least 1")
         if p.floor_replicas < 0:
             raise ValueError(f"pool {p.name!r}: floor_replicas must be >= 0")
+        if p.max_share is not None and not 0.0 < p.max_share <= 1.0:
+            raise ValueError(f"pool {p.name!r}: max_share must be in (0, 1]")
     for d in demand:
         if not (d.rate_per_s >= 0.0 and math.isfinite(d.rate_per_s)):
             raise ValueError(f"{d.priority}: rate_per_s must be finite and >= 0")
@@ -258,16 +266,23 @@ def _tiers(candidates: list[PoolSupply], mode: str) -> list[Tier]:
 
 
 class _Room:
-    """Slots each pool has left below its target: the floor's and the rest, apart."""
+    """Slots each pool has left below its target: the floor's and the rest, apart.
 
-    def __init__(self, pools: Sequence[PoolSupply], target_utilization: float) -> None:
+    Also the work (images/s times size) each pool with a `max_share` may still
+    take of `work`, the whole demand's.
+    """
+
+    def __init__(self, pools: Sequence[PoolSupply], target_utilization: float, work: float) -> None:
         self.floor: dict[str, float] = {}
         self.paid: dict[str, float] = {}
+        self.share: dict[str, float] = {}
         for p in pools:
             slots = p.slots if _has_capacity(p) else 0.0
             floor = min(float(p.floor_replicas * p.slots_per_replica), slots)
             self.floor[p.name] = target_utilization * floor
             self.paid[p.name] = target_utilization * (slots - floor)
+            self.share[p.name] = math.inf if p.max_share is None else p.max_share * work
+        self.passes = (True, False) if any(p.max_share is not None for p in pools) else (False,)
 
     def _slots(self, name: str, bucket: str) -> float:
         if bucket == _FLOOR:
@@ -286,24 +301,35 @@ class _Room:
     def place(
         self, tiers: list[Tier], size: float, rate_per_s: float, *, dry_run: bool = False
     ) -> tuple[dict[str, float], float]:
-        """Fill tiers in turn, each shared by headroom; returns (placed per pool, left over)."""
+        """Fill tiers in turn, each shared by headroom; returns (placed per pool, left over).
+
+        Pools' shares are kept to in a first pass; what no pool can take within
+        them goes, in a second, to pools over their share.
+        """
         placed: dict[str, float] = {}
         remaining = rate_per_s
-        for tier in tiers:
-            if remaining <= 0.0:
-                break
-            rooms = [(p, b, self._slots(p.name, b) / (p.latency_s * size)) for p, b in tier]
-            total = sum(r for _, _, r in rooms)
-            if total <= 0.0:
-                continue
-            take = min(remaining, total)
-            for p, bucket, r in rooms:
-                share = take * r / total
-                if share > 0.0:
-                    placed[p.name] = placed.get(p.name, 0.0) + share
-                    if not dry_run:
-                        self._take(p.name, bucket, share * p.latency_s * size)
-            remaining = 0.0 if take == remaining else remaining - take
+        for capped in self.passes:
+            for tier in tiers:
+                if remaining <= 0.0:
+                    break
+                rooms = []
+                for p, bucket in tier:
+                    r = self._slots(p.name, bucket) / (p.latency_s * size)
+                    if capped:
+                        r = min(r, self.share[p.name] / size)
+                    rooms.append((p, bucket, r))
+                total = sum(r for _, _, r in rooms)
+                if total <= 0.0:
+                    continue
+                take = min(remaining, total)
+                for p, bucket, r in rooms:
+                    amount = take * r / total
+                    if amount > 0.0:
+                        placed[p.name] = placed.get(p.name, 0.0) + amount
+                        if not dry_run:
+                            self._take(p.name, bucket, amount * p.latency_s * size)
+                            self.share[p.name] = max(0.0, self.share[p.name] - amount * size)
+                remaining = 0.0 if take == remaining else remaining - take
         return placed, remaining
 
 

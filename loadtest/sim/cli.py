@@ -2,7 +2,7 @@
 
     python -m loadtest.sim --scenario loadtest/scenarios/paper-shortfall.yaml \\
         [--policies auto,least_request] [--seed N] [--out DIR] [--duration S]
-        [--demand-scale K] [--no-plots]
+        [--demand-scale K] [--max-share POOL=SHARE ...] [--no-plots]
 
 Every policy sees the same arrivals (drawn once from the seed); each runs on
 its own virtual clock, one after another, in this process.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -116,8 +117,29 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="sensitivity: multiply arrival rates and replica bounds (not minimums) by this",
     )
+    parser.add_argument(
+        "--max-share",
+        action="append",
+        default=[],
+        metavar="POOL=SHARE",
+        help="sensitivity: the gateway's max_share hedge on a pool (repeatable)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return parser
+
+
+def _shares(pairs: Sequence[str]) -> dict[str, float]:
+    shares = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            share = float(value)
+        except ValueError:
+            share = math.nan
+        if not sep or not name or not 0.0 < share <= 1.0:
+            raise ValueError(f"--max-share {pair!r}: expected POOL=SHARE with SHARE in (0, 1]")
+        shares[name] = share
+    return shares
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenario = load_scenario(args.scenario)
         if args.demand_scale is not None:
             scenario = scenario.scaled(args.demand_scale)
+        if args.max_share:
+            scenario = scenario.hedged(_shares(args.max_share))
     except (ScenarioError, ValueError) as exc:
         print(f"sd-gateway simulate: {exc}", file=sys.stderr)
         return EXIT_SCENARIO

@@ -174,6 +174,7 @@ class PoolSpec(_Model):
     replicas: ReplicaBounds
     cold_start_s: float = Field(default=90.0, ge=0)  # node provisioning + model load
     alb_weight: float | None = Field(default=None, ge=0)  # static_alb's cost-mode weight
+    max_share: float | None = Field(default=None, gt=0, le=1)  # the gateway's hedge, if any
 
     @model_validator(mode="before")
     @classmethod
@@ -343,6 +344,19 @@ class Scenario(_Model):
                 event["max_replicas"] = times(event["max_replicas"])
         return Scenario.model_validate(data)
 
+    def hedged(self, shares: Mapping[str, float]) -> Scenario:
+        """The same scenario with the gateway's `max_share` set on the named pools."""
+        data = self.model_dump()
+        names = {p["name"] for p in data["pools"]}
+        unknown = sorted(set(shares) - names)
+        if unknown:
+            raise ValueError(f"max_share: no pool named {', '.join(unknown)}")
+        for pool in data["pools"]:
+            if pool["name"] in shares:
+                pool["max_share"] = shares[pool["name"]]
+        data["name"] = self.name + "".join(f"-{n}-share{v:g}" for n, v in sorted(shares.items()))
+        return Scenario.model_validate(data)
+
     def pool(self, name: str) -> PoolSpec:
         for p in self.pools:
             if p.name == name:
@@ -365,6 +379,7 @@ class Scenario(_Model):
                 "replicas": [replica_url(p.name, i) for i in range(p.replicas.initial)],
                 "min_replicas": p.replicas.min,
                 "max_replicas": p.replicas.max,
+                "max_share": p.max_share,
             }
             for p in self.pools
         ]

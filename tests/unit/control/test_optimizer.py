@@ -586,3 +586,42 @@ def test_input_order_does_not_change_the_result_with_shape_groups() -> None:
     backward = allocate(pools[::-1], demand[::-1], mode="cost")
 
     assert forward == backward
+
+
+def test_a_pool_with_a_max_share_takes_that_share_while_others_have_room() -> None:
+    pools = [
+        dataclasses.replace(pool("inf2", *INF2, replicas=10), max_share=0.4),
+        pool("trn1", *TRN1, replicas=10),
+    ]
+    # 3 img/s of interactive and 1 img/s of 768x768 batch work (2.25 each): 5.25 units in
+    # all, of which inf2 may take 0.4 x 5.25 = 2.1. Interactive goes first: 2.1 on inf2.
+    demand = [interactive(3.0), ClassDemand(B, 1.0, 60.0, size=LARGE)]
+
+    result = allocate(pools, demand, mode="cost")
+
+    assert result.assigned[I] == pytest.approx({"inf2": 2.1, "trn1": 0.9})
+    assert result.assigned[B] == pytest.approx({"trn1": 1.0})
+    assert result.total_deficit_per_s == 0.0
+
+
+def test_a_max_share_gives_way_when_no_other_pool_has_room() -> None:
+    pools = [
+        dataclasses.replace(pool("inf2", *INF2, replicas=10), max_share=0.4),
+        pool("trn1", *TRN1, replicas=1),  # room for 0.8 / 0.51 = 1.57 img/s at target
+    ]
+
+    result = allocate(pools, [interactive(4.0)], mode="cost")
+
+    # inf2 takes its 1.6, trn1 is full at 1.57, and the rest goes back to inf2.
+    trn1 = 0.8 / 0.51
+    assert result.assigned[I] == pytest.approx({"inf2": 4.0 - trn1, "trn1": trn1})
+    assert result.total_deficit_per_s == 0.0
+
+
+def test_a_max_share_outside_its_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_share"):
+        allocate(
+            [dataclasses.replace(pool("inf2", *INF2), max_share=1.5)],
+            [interactive(1.0)],
+            mode="cost",
+        )

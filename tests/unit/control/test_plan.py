@@ -235,3 +235,17 @@ def test_the_plan_follows_a_rise_at_once_only_beyond_poisson_noise(
     # A real step, to 10 img/s: 10 - 5.83 = 4.17 is beyond 2 x sqrt(10 / 10) = 2, and the
     # plan takes the 10 s rate at once: ceil(10 x 0.67 / 0.8) = ceil(8.38) = 9.
     assert arrive(rig, 10, seconds=10)["inf2"] == 9
+
+
+def test_a_pool_with_a_max_share_is_planned_for_that_share_and_the_next_pool_for_the_rest() -> None:
+    hedged = pools(inf2=2, inf2_max=20)
+    hedged[0]["max_share"] = 0.5
+    rig = Rig(hedged)
+
+    desired = rig.run(5.0, seconds=10)
+
+    # inf2 carries half of 5 img/s: ceil(2.5 x 0.67 / 0.8) = ceil(2.09) = 3 replicas; g5
+    # the other half: ceil(2.5 x 0.92 / 0.8) = ceil(2.88) = 3, within its maximum of 4.
+    assert desired == {"inf2": 3, "g5": 3}
+    unhedged = Rig(pools(inf2=2, inf2_max=20)).run(5.0, seconds=10)
+    assert unhedged == {"inf2": 5, "g5": 1}

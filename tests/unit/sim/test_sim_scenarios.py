@@ -104,3 +104,24 @@ def test_cli_writes_results_table_and_plots(tmp_path: Path, scenarios_dir: Path)
     assert {"results.json", "results.md", "traffic_share.png", "replicas.png"} <= names
     assert {"latency.png", "cost.png"} <= names
     assert "| auto |" in (out / "results.md").read_text()
+
+
+def test_max_share_reaches_the_gateway_config_only(
+    tmp_path: Path, small_data: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = parse_scenario(small_data).hedged({"inf2": 0.4})
+    assert scenario.name == "small-inf2-share0.4"
+    settings = scenario.gateway_settings("auto", 1)
+    assert {p.name: p.max_share for p in settings.pools} == {"inf2": 0.4, "g5": None, "g6": None}
+    with pytest.raises(ValueError, match="no pool named tpu"):
+        scenario.hedged({"tpu": 0.5})
+
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(small_data))
+    for bad in ("inf2", "inf2=0", "inf2=1.5", "inf2=lots", "tpu=0.5"):
+        assert main(["--scenario", str(path), "--no-plots", "--max-share", bad]) == 2
+        assert bad.partition("=")[0] in capsys.readouterr().err  # names the bad pair
+    out = tmp_path / "out"
+    args = ["--scenario", str(path), "--no-plots", "--duration", "60", "--out", str(out)]
+    assert main([*args, "--policies", "auto", "--max-share", "inf2=0.4"]) == 0
+    assert "small-inf2-share0.4" in capsys.readouterr().out
