@@ -214,14 +214,15 @@ async def run_scenario(
         ):
             load = Load()
             await closed_loop(client, 1.0, workers=4, load=load)
-            task = asyncio.create_task(closed_loop(client, 4.5, workers=4, load=load))
+            # Load runs past the 5 s the route-around is given, so the fault stays exercised.
+            task = asyncio.create_task(closed_loop(client, 5.5, workers=4, load=load))
             await asyncio.sleep(0.3)
             replica = None
             if watch_replica is not None:
                 replica = [r for r in replicas if r.pool == watch_pool][watch_replica].url
             injected_at = time.perf_counter() - load.started
             note = await inject(gateway, replicas, admin)
-            route_around = await time_to_route_around(gateway, watch_pool, replica, 3.5)
+            route_around = await time_to_route_around(gateway, watch_pool, replica, 5.0)
             await task
             recovered = True
             if clear is not None:
