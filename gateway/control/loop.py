@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from backends.clock import Clock
 from gateway.control.capacity import CapacityStateMachine, Mode, PoolSignal, Transition
 from gateway.control.optimizer import (
+    COST_TIER_REL,
     Allocation,
     ClassDemand,
     PoolSupply,
@@ -419,7 +420,7 @@ class ControlLoop:
         for view in snap.pools:
             pool = self.registry.get(view.name)
             config = pool.config
-            have = sum(1 for r in pool.replicas.values() if not r.retiring)
+            have = self._have(view.name)
             if config.max_replicas is None:  # a pool that does not scale: what it has
                 reach = max(have, config.min_replicas)
             else:
@@ -463,14 +464,13 @@ class ControlLoop:
             mode=mode,
             target_utilization=self.settings.target_utilization,
         )
+        floor = self._routing_floor(reach, ideal, routing)
         desired: dict[str, int] = {}
         share: dict[str, float] = {}
         for supply in reach:
             name = supply.name
             config = self.registry.get(name).config
-            # Never below what the current routing fills: that pool carries it until the
-            # plan's cheaper replicas are up.
-            exact = max(ideal.exact_replicas[name], routing.placed_replicas[name])
+            exact = max(ideal.exact_replicas[name], floor[name])
             cap = supply.healthy_replicas
             if name in capped and ceil_replicas(exact) >= cap:
                 # Ask for one more than the cap, which the cluster grants once it can; as a
@@ -492,6 +492,38 @@ class ControlLoop:
             attainable_replicas={s.name: s.healthy_replicas for s in reach},
             capped=capped,
         )
+
+    def _routing_floor(
+        self, reach: list[PoolSupply], ideal: Allocation, routing: Allocation
+    ) -> dict[str, float]:
+        """Replicas per pool the plan keeps of what the current routing fills.
+
+        A pool carries what routing gives it until the cheaper replicas the plan
+        asks for are up, so while a cheaper pool has fewer replicas than planned
+        the plan never goes below what the pool fills now. Once they are up, a
+        dearer pool's spill is a burst above the cheaper pools' target: their
+        headroom's business, not a reason for replicas the autoscaler would hold
+        for minutes. The cheapest price tier keeps what it fills (its own
+        headroom for a crowd that outruns a cold start).
+        """
+        usable = [s for s in reach if s.usable]
+        cheapest = min((s.cost_per_image_usd for s in usable), default=0.0)
+        short = [
+            s.cost_per_image_usd
+            for s in usable
+            if self._have(s.name) < ceil_replicas(ideal.exact_replicas[s.name])
+        ]
+        floor = {}
+        for s in reach:
+            cost = s.cost_per_image_usd
+            tier = cost <= cheapest * (1.0 + COST_TIER_REL)
+            waiting = any(c * (1.0 + COST_TIER_REL) < cost for c in short)
+            floor[s.name] = routing.placed_replicas[s.name] if tier or waiting else 0.0
+        return floor
+
+    def _have(self, name: str) -> int:
+        """Replicas the pool has, those being retired left out."""
+        return sum(1 for r in self.registry.get(name).replicas.values() if not r.retiring)
 
     def _follow(self, name: str, have: int, now: float) -> _Growth:
         """Track whether a pool gets the replicas the plan asks for; infer a shortfall.

@@ -249,3 +249,22 @@ def test_a_pool_with_a_max_share_is_planned_for_that_share_and_the_next_pool_for
     assert desired == {"inf2": 3, "g5": 3}
     unhedged = Rig(pools(inf2=2, inf2_max=20)).run(5.0, seconds=10)
     assert unhedged == {"inf2": 5, "g5": 1}
+
+
+def test_a_burst_spilling_onto_a_dearer_pool_adds_no_replica_there_once_the_cheap_pool_is_up() -> (
+    None
+):
+    rig = Rig(pools(inf2=5, inf2_max=10))
+    # Steady 5 img/s: ceil(5 x 0.67 / 0.8) = 5 inf2 replicas, which it has.
+    assert arrive(rig, 5, seconds=120) == {"inf2": 5, "g5": 0}
+
+    # 6 img/s for 10 s is within the noise (see above): the plan stays on the one-minute
+    # rate and inf2 has what it asks for. Routing sends the 10 s rate, 6 img/s, and inf2's
+    # 5 replicas take 5 x 0.8 / 0.67 = 5.97 at target: the rest spills onto g5. That spill
+    # is inf2's headroom's business, not a g5 replica the autoscaler would hold for minutes.
+    desired = arrive(rig, 6, seconds=10)
+
+    allocation = rig.loop.status.allocation
+    assert allocation is not None
+    assert allocation.placed_replicas["g5"] > 0
+    assert desired == {"inf2": 5, "g5": 0}
