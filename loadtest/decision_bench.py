@@ -26,6 +26,7 @@ five timed batches. Prints a table; writes JSON with `--out`.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import random
@@ -165,7 +166,7 @@ def bench_size(label: str, pools: int, replicas: int, seconds: float) -> dict[st
             policy = build_policy(name, random.Random(5))
             if policy.decide(REQUEST, snapshot) is None:
                 raise RuntimeError(f"{name} found no pool in the {label} snapshot")
-            row[key][name] = time_us(lambda p=policy, s=snapshot: p.decide(REQUEST, s), seconds)
+            row[key][name] = time_us(functools.partial(policy.decide, REQUEST, snapshot), seconds)
     for name in POLICY_NAMES:
         policy = build_policy(name, random.Random(5))
 

@@ -78,7 +78,7 @@ async def mode_switch_run(hold_s: float = 2.0) -> tuple[float, float, int]:
         ("inf2", "inf2", 2, 0.05, 0.7582, ["512x512"]),
         ("g5", "g5-cuda", 2, 0.08, 1.006, None),
     )
-    control = {
+    control: dict[str, Any] = {
         "control_interval_s": 0.2,
         "capacity_hold_s": 0.5,
         "capacity_mode_hold_s": hold_s,

@@ -27,7 +27,7 @@ import json
 import os
 import random
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 from locust import FastHttpUser, between, events, task
@@ -56,7 +56,7 @@ class Tally:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.images: Counter[str] = Counter()
-        self.cost_usd: Counter[str] = Counter()
+        self.cost_usd: defaultdict[str, float] = defaultdict(float)
         self.by_class: Counter[str] = Counter()
         self.deferred = 0
 
@@ -200,7 +200,7 @@ class BatchUser(FastHttpUser):
                 response.failure(problem)
 
 
-@events.test_stop.add_listener
+@events.test_stop.add_listener  # type: ignore[untyped-decorator]
 def _report(**_: Any) -> None:
     report = TALLY.report()
     print("\n== gateway tally (this locust process)")

@@ -335,7 +335,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "payload", "mode", "target", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms",
         "x direct", "cpu us/req", "errors",
     )  # fmt: skip
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     for r in rows:
         if r.get("skipped"):
             lines.append((r["payload"], r["mode"], r["target"], f"skipped: {r['skipped']}"))
@@ -469,10 +469,10 @@ def summarize_profile(
         hits = sum(n for keys, n in stacks if any(regex.search(k) for k in keys))
         breakdown.append((label, round(100 * hits / total, 1) if total else 0.0))
     parts = dict(breakdown)
-    stack = parts["FastAPI/Starlette stack, endpoint included"]
-    overhead = stack - parts["endpoint: generate() in gateway/api.py"]
+    in_stack = parts["FastAPI/Starlette stack, endpoint included"]
+    overhead = in_stack - parts["endpoint: generate() in gateway/api.py"]
     overhead -= parts["response streaming (ProxiedResponse.__call__)"]
-    framework = round(max(0.0, overhead), 1) if stack else 0.0
+    framework = round(max(0.0, overhead), 1) if in_stack else 0.0
     breakdown.insert(3, ("  of which routing, middleware, dependencies", framework))
     outside = 100.0 - parts["uvicorn: ASGI task (run_asgi), all app work"]
     breakdown.append(

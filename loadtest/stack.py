@@ -74,7 +74,7 @@ async def start_stack(
         for i, (name, profile, count, latency, price, shapes) in enumerate(pools):
             servers = []
             for j in range(count):
-                opts = {
+                opts: dict[str, Any] = {
                     "profile": profile,
                     "latency_s": latency,
                     "seed": 10 * i + j,
