@@ -56,8 +56,8 @@ class ScalePlan:
     `desired_replicas` is the cost-optimal allocation of the measured demand
     over what each pool could grow to (`attainable_replicas`: its maximum, or
     what it has while it is taken to be out of nodes, listed in `capped`),
-    never below the replicas the current routing fills to target utilization
-    nor the pool's minimum, and never above its maximum. `replicas_share` is
+    never below the pool's minimum nor above its maximum, and never below what
+    the current routing fills while cheaper replicas are still coming. `replicas_share` is
     the same before rounding and without the minimum: the part of each pool
     this gateway's demand needs. It is what `sd_gateway_pool_desired_replicas`
     exports, so that a sum over gateway pods (the KEDA query) rounds once.
@@ -401,9 +401,11 @@ class ControlLoop:
         objective is long, may use part of it (`batch_admit_utilization`), so
         it is shed only when the demand would fill the pools beyond that, not
         whenever a rise outpaces the autoscaler. In capacity mode (pools out of
-        nodes) the headroom is kept for interactive work.
+        nodes) the headroom is kept for interactive work. Under a shortfall,
+        batch gives way first: the deficit comes out of its share.
         """
-        if allocation.total_deficit_per_s <= 0:
+        batch = sum(d.rate_per_s for d in demand if d.priority is Priority.BATCH)
+        if allocation.total_deficit_per_s <= 0 or batch <= 0:
             return 1.0
         target = self.settings.target_utilization
         roomy = self.settings.batch_admit_utilization
@@ -411,7 +413,7 @@ class ControlLoop:
             roomy = (1.0 + target) / 2
         if roomy > target and mode != Mode.CAPACITY.value:  # never below: settings check it
             allocation = allocate(supplies, demand, mode=mode, target_utilization=roomy)
-        return _batch_admit(allocation, demand)
+        return max(0.0, 1.0 - allocation.total_deficit_per_s / batch)
 
     def _reach(self, snap: Snapshot, now: float) -> tuple[list[PoolSupply], frozenset[str]]:
         """Each pool as it could grow (its maximum, or what it has while out of nodes)."""
@@ -578,12 +580,3 @@ def _scaled(d: ClassDemand, fraction: float) -> ClassDemand:
 
 def _relaxed(d: ClassDemand) -> ClassDemand:
     return dataclasses.replace(d, slo_s=math.inf)
-
-
-def _batch_admit(allocation: Allocation, demand: list[ClassDemand]) -> float:
-    """Share of batch work to admit: under a shortfall, batch gives way first."""
-    batch = sum(d.rate_per_s for d in demand if d.priority is Priority.BATCH)
-    deficit = allocation.total_deficit_per_s
-    if deficit <= 0 or batch <= 0:
-        return 1.0
-    return max(0.0, 1.0 - deficit / batch)
