@@ -226,7 +226,9 @@ class PolicyRun:
             if request.counted > 0 and not self.budget.try_retry():
                 break
             decision = self.policy.decide(
-                profile, registry.snapshot(profile.priority), frozenset(request.excluded)
+                profile,
+                registry.snapshot(profile.priority, profile.shape),
+                frozenset(request.excluded),
             )
             if decision is None:
                 break

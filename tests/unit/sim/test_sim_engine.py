@@ -193,3 +193,26 @@ def test_a_hedge_on_the_pool_that_loses_its_nodes_keeps_interactive_work_served(
     assert unhedged["failed"] > 10
     assert hedged["failed"] == 0
     assert hedged["slo_attainment"] > unhedged["slo_attainment"]
+
+
+def test_a_restricted_shape_is_routed_with_its_pool_groups_weights(small_scenario: Any) -> None:
+    # As the router does: a 768x768 request (g5 and g6 only) is decided over the weights the
+    # loop published for that group, not those of the work every pool can serve.
+    scenario = small_scenario(duration_s=120, events=[])
+    run = PolicyRun(scenario, "auto", scenario.seed, generate_arrivals(scenario, scenario.seed))
+    seen: dict[str, list[dict[str, float | None]]] = {"512x512": [], "768x768": []}
+    decide = run.policy.decide
+
+    def recording(profile: Any, snapshot: Any, exclude: frozenset[str] = frozenset()) -> Any:
+        published = run.registry.group_weights.get(frozenset({"g5", "g6"}), {})
+        if profile.priority in published:
+            seen[profile.shape].append({v.name: v.weight for v in snapshot.pools})
+        return decide(profile, snapshot, exclude)
+
+    run.policy.decide = recording  # type: ignore[method-assign]
+    run.run()
+
+    assert seen["768x768"] and seen["512x512"]
+    # inf2 (compiled for 512x512 only) carries most of the 512x512 work and none of the rest.
+    assert all(not w.get("inf2") for w in seen["768x768"])
+    assert any(w.get("inf2") for w in seen["512x512"])
