@@ -12,7 +12,7 @@ from gateway.health import Failure
 from gateway.scheduling.types import PoolView, ReplicaView, RequestProfile, Snapshot
 from loadtest.sim.autoscaler import Autoscaler, InsufficientCapacity
 from loadtest.sim.baselines import ALB_POLL_S, LatencyEwmaPolicy, StaticAlbPolicy
-from loadtest.sim.oracle import oracle_cost
+from loadtest.sim.oracle import PoolOffer, cheapest_whole_replicas, oracle_cost
 from loadtest.sim.scenario import parse_scenario
 from loadtest.sim.workload import Arrival
 
@@ -120,6 +120,70 @@ def test_oracle_counts_demand_beyond_every_maximum_as_unservable() -> None:
     # One replica at 0.5 utilization serves 3600 images an hour.
     assert result.images_served == 3600
     assert result.unservable_requests == 36000 - 3600
+
+
+def test_oracle_in_whole_replicas_rounds_up_and_holds_what_the_scaler_holds() -> None:
+    scenario = _one_pool()
+    # 10800 images x 0.5 s at utilization 0.5: 3 replica-hours, in whole replicas too.
+    arrivals = [Arrival(t_s=i / 3.0, batch=False, shape=0, n=1) for i in range(10800)]
+    result = oracle_cost(scenario, arrivals)
+    assert result.cost_usd == pytest.approx(3 * 2.0)
+    assert result.whole_cost_usd == pytest.approx(3 * 2.0)
+    # 2.5 replicas' worth takes 3 whole ones.
+    result = oracle_cost(scenario, arrivals[:9000])
+    assert result.cost_usd == pytest.approx(2.5 * 2.0)
+    assert result.whole_cost_usd == pytest.approx(3 * 2.0)
+    summary = result.summary()
+    assert summary["whole_replicas"]["replica_hours"] == {"p": pytest.approx(3.0)}
+
+
+def test_oracle_held_through_the_scaler_pays_for_the_window_after_a_peak() -> None:
+    scenario = parse_scenario(
+        {
+            "name": "peak",
+            "duration_s": 600,
+            "oracle_bucket_s": 60,
+            "autoscaler": {"target_utilization": 0.5, "scale_down_cooldown_s": 180},
+            "arrivals": {"rate": {"kind": "constant", "per_s": 1.0}},
+            "pools": [
+                {
+                    "name": "p",
+                    "accelerator": "x",
+                    "price_per_hour": 3.6,
+                    "latency_s": 0.5,
+                    "cold_start_s": 60,
+                    "replicas": {"initial": 1, "min": 1, "max": 10},
+                }
+            ],
+        }
+    )
+    # 4 images/s (4 replicas at 0.5) in the fifth minute, 1 image/s otherwise.
+    arrivals = [
+        Arrival(t_s=t / rate, batch=False, shape=0, n=1)
+        for minute in range(10)
+        for rate in [4.0 if minute == 4 else 1.0]
+        for t in range(int(minute * 60 * rate), int((minute + 1) * 60 * rate))
+    ]
+    result = oracle_cost(scenario, arrivals)
+    per_minute = 3.6 / 60
+    assert result.whole_cost_usd == pytest.approx((9 * 1 + 4) * per_minute)
+    # Held: started a minute ahead (minute 3) and kept 3 minutes after (to minute 7).
+    assert result.held_cost_usd == pytest.approx((5 * 1 + 5 * 4) * per_minute)
+
+
+def test_cheapest_whole_replicas_mixes_pools_where_rounding_one_up_costs_more() -> None:
+    big = PoolOffer("big", units=10.0, price=8.0, least=0, most=5)  # 0.8 $ a unit
+    small = PoolOffer("small", units=3.0, price=3.0, least=0, most=5)  # 1.0 $ a unit
+    both = frozenset({"big", "small"})
+    # 12 units: two big replicas (16 $) or four small (12 $) lose to one of each (11 $).
+    assert cheapest_whole_replicas([big, small], [(both, 12.0)]) == {"big": 1, "small": 1}
+    # 4 units only the small pool may serve (a shape, an objective) and 12 in all.
+    needs = [(frozenset({"small"}), 4.0), (both, 12.0)]
+    assert cheapest_whole_replicas([big, small], needs) == {"big": 0, "small": 4}
+    # A pool's minimum is paid for whatever the demand; beyond every maximum, the most.
+    floor = PoolOffer("small", units=3.0, price=3.0, least=2, most=5)
+    assert cheapest_whole_replicas([big, floor], [(both, 1.0)]) == {"big": 0, "small": 2}
+    assert cheapest_whole_replicas([big, small], [(both, 1000.0)]) == {"big": 5, "small": 5}
 
 
 def test_scaler_scales_up_at_once_and_down_after_the_window(small_scenario: Any) -> None:
