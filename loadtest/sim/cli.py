@@ -2,7 +2,7 @@
 
     python -m loadtest.sim --scenario loadtest/scenarios/paper-shortfall.yaml \\
         [--policies auto,least_request] [--seed N] [--out DIR] [--duration S]
-        [--demand-scale K] [--max-share POOL=SHARE ...] [--no-plots]
+        [--demand-scale K] [--max-share POOL=SHARE ...] [--scale-down-window S] [--no-plots]
 
 Every policy sees the same arrivals (drawn once from the seed); each runs on
 its own virtual clock, one after another, in this process.
@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="POOL=SHARE",
         help="sensitivity: the gateway's max_share hedge on a pool (repeatable)",
     )
+    parser.add_argument(
+        "--scale-down-window",
+        type=float,
+        metavar="S",
+        help="sensitivity: the autoscaler's scale-down window in seconds (every policy)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return parser
 
@@ -159,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenario = scenario.scaled(args.demand_scale)
         if args.max_share:
             scenario = scenario.hedged(_shares(args.max_share))
+        if args.scale_down_window is not None:
+            scenario = scenario.with_scale_down_window(args.scale_down_window)
     except (ScenarioError, ValueError) as exc:
         print(f"sd-gateway simulate: {exc}", file=sys.stderr)
         return EXIT_SCENARIO

@@ -357,6 +357,13 @@ class Scenario(_Model):
         data["name"] = self.name + "".join(f"-{n}-share{v:g}" for n, v in sorted(shares.items()))
         return Scenario.model_validate(data)
 
+    def with_scale_down_window(self, seconds: float) -> Scenario:
+        """The same scenario with the autoscaler's scale-down stabilization set to `seconds`."""
+        data = self.model_dump()
+        data["autoscaler"]["scale_down_cooldown_s"] = seconds
+        data["name"] = f"{self.name}-scaledown{seconds:g}"
+        return Scenario.model_validate(data)
+
     def pool(self, name: str) -> PoolSpec:
         for p in self.pools:
             if p.name == name:

@@ -125,3 +125,23 @@ def test_max_share_reaches_the_gateway_config_only(
     args = ["--scenario", str(path), "--no-plots", "--duration", "60", "--out", str(out)]
     assert main([*args, "--policies", "auto", "--max-share", "inf2=0.4"]) == 0
     assert "small-inf2-share0.4" in capsys.readouterr().out
+
+
+def test_scale_down_window_changes_the_shared_scaler_for_every_policy(
+    tmp_path: Path, small_data: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = parse_scenario(small_data)
+    shorter = scenario.with_scale_down_window(60)
+    assert shorter.name == "small-scaledown60"
+    assert shorter.autoscaler.scale_down_cooldown_s == 60
+    assert scenario.autoscaler.scale_down_cooldown_s == 180  # the original is unchanged
+    # The window is the simulated cluster's, not a gateway setting.
+    assert shorter.gateway_settings("auto", 1) == scenario.gateway_settings("auto", 1)
+
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(small_data))
+    assert main(["--scenario", str(path), "--no-plots", "--scale-down-window", "-5"]) == 2
+    assert "scale_down_cooldown_s" in capsys.readouterr().err
+    args = ["--scenario", str(path), "--no-plots", "--duration", "60", "--out", str(tmp_path)]
+    assert main([*args, "--policies", "least_request", "--scale-down-window", "60"]) == 0
+    assert "small-scaledown60" in capsys.readouterr().out
