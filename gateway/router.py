@@ -223,11 +223,11 @@ class Router:
                 break
             if (
                 not decision.meets_slo
-                and decision.predicted_completion_s
+                and decision.replica_completion_s
                 > self.settings.overload_slo_factor * profile.slo_s
             ):
                 # Overloaded everywhere: refuse now rather than queue work that will be late.
-                trace.retry_after_s.append(max(1, math.ceil(decision.predicted_completion_s)))
+                trace.retry_after_s.append(max(1, math.ceil(decision.replica_completion_s)))
                 trace.failures.append(Failure.CAPACITY)
                 self.metrics.shed.labels(profile.priority.value, "overload").inc()
                 break

@@ -253,7 +253,9 @@ class GatewaySettings(BaseSettings):
     max_connections: int = Field(default=4096, ge=1)  # concurrent client connections; then 503
     keepalive_timeout_s: float = Field(default=75.0, gt=0)  # above an ALB's 60 s idle timeout
     max_in_flight_requests: int = Field(default=2048, ge=1)  # image requests at once; then 503
-    overload_slo_factor: float = Field(default=5.0, ge=1)  # shed when predicted > this x SLO
+    # Shed when no pool meets the objective and the request's predicted finish on the
+    # replica picked is beyond this x the objective.
+    overload_slo_factor: float = Field(default=5.0, ge=1)
     drain_delay_s: float = Field(default=15.0, ge=0)  # after SIGTERM: keep serving this long
     shutdown_timeout_s: float = Field(default=330.0, gt=0)  # then wait for in-flight work
     api_keys: tuple[str, ...] = Field(default=(), repr=False)  # empty and no file: no auth

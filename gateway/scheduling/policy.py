@@ -161,6 +161,7 @@ class Policy:
             replica=replica.url,
             predicted_completion_s=pool.completion_s(request),
             cost_per_image_usd=pool.cost_per_image_usd,
+            replica_completion_s=pool.replica_completion_s(replica, request),
             meets_slo=meets_slo,
             scores=scores,
         )
@@ -249,6 +250,7 @@ class Policy:
             replica=replica.url,
             predicted_completion_s=pool.completion_s(request),
             cost_per_image_usd=pool.cost_per_image_usd,
+            replica_completion_s=pool.replica_completion_s(replica, request),
             meets_slo=meets_slo,
             scores={"load": replica.load},
         )

@@ -143,6 +143,17 @@ class PoolView:
         """E_p for this request: the queue W_p, then its own service time."""
         return self.wait_s + self.service_s(request)
 
+    def replica_completion_s(self, replica: ReplicaView, request: RequestProfile) -> float:
+        """When the request would finish on one replica: what waits there, then its service.
+
+        Images beyond the replica's slots wait; the first of them for half a
+        service time on average (the running ones are part done), each further
+        one for a service time per slot.
+        """
+        waiting = max(replica.in_flight, replica.reported_queue_depth) - replica.slots
+        wait_s = (waiting + 0.5) * self.latency_s / replica.slots if waiting >= 0 else 0.0
+        return wait_s + self.service_s(request)
+
     @property
     def cost_per_image_usd(self) -> float:
         """c_p = price_p L_p / (3600 s_p)."""
@@ -180,7 +191,10 @@ class Decision:
 
     pool: str
     replica: str
-    predicted_completion_s: float
+    predicted_completion_s: float  # E_p of the chosen pool for this request
     cost_per_image_usd: float
+    # When this request would finish on the chosen replica (`PoolView.replica_completion_s`):
+    # what the overload refusal and its Retry-After go by.
+    replica_completion_s: float
     meets_slo: bool = True
     scores: dict[str, float] = field(default_factory=dict)

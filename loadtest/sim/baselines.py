@@ -29,7 +29,7 @@ from backends.clock import Clock
 from gateway.health import Failure
 from gateway.scheduling.pickers import RoundRobin, SmoothWeightedRoundRobin
 from gateway.scheduling.policy import Policy, build_policy
-from gateway.scheduling.types import Decision, PoolView, RequestProfile, Snapshot
+from gateway.scheduling.types import Decision, PoolView, ReplicaView, RequestProfile, Snapshot
 from loadtest.sim.autoscaler import InsufficientCapacity
 
 LITELLM_WINDOW = 10  # latencies remembered per deployment
@@ -92,12 +92,13 @@ def _candidates(
     ]
 
 
-def _decision(pool: PoolView, replica_url: str) -> Decision:
+def _decision(pool: PoolView, replica: ReplicaView, request: RequestProfile) -> Decision:
     return Decision(
         pool=pool.name,
-        replica=replica_url,
-        predicted_completion_s=pool.predicted_completion_s,
+        replica=replica.url,
+        predicted_completion_s=pool.completion_s(request),
         cost_per_image_usd=pool.cost_per_image_usd,
+        replica_completion_s=pool.replica_completion_s(replica, request),
     )
 
 
@@ -132,7 +133,7 @@ class LatencyEwmaPolicy:
         pool = min(pools, key=lambda p: self._mean(p.name))
         # Behind each deployment a Kubernetes Service picks a ready pod at random.
         healthy = [r for r in pool.replicas if r.healthy]
-        return _decision(pool, healthy[self._rng.randrange(len(healthy))].url)
+        return _decision(pool, healthy[self._rng.randrange(len(healthy))], request)
 
     def on_success(self, pool: str, response_s: float, now: float) -> None:
         window = self._latencies.get(pool)
@@ -191,9 +192,9 @@ class StaticAlbPolicy:
             weights = {p.name: 1.0 for p in pools}
         chosen = self._picker.pick(weights)
         pool = next(p for p in pools if p.name == chosen)
-        urls = [r.url for r in pool.replicas if r.healthy]
+        healthy = {r.url: r for r in pool.replicas if r.healthy}
         cursor = self._targets.setdefault(pool.name, RoundRobin())
-        return _decision(pool, cursor.pick(urls))
+        return _decision(pool, healthy[cursor.pick(list(healthy))], request)
 
     def on_success(self, pool: str, response_s: float, now: float) -> None:
         return None

@@ -234,7 +234,7 @@ class PolicyRun:
                 break
             if (
                 not decision.meets_slo
-                and decision.predicted_completion_s > overload_factor * profile.slo_s
+                and decision.replica_completion_s > overload_factor * profile.slo_s
             ):
                 # As the router does: overloaded everywhere, refuse rather than queue late work.
                 request.failures.append(Failure.CAPACITY.value)

@@ -211,3 +211,25 @@ async def test_overload_sheds_fast_and_admitted_work_stays_near_its_objective() 
     assert ok[int(0.95 * (len(ok) - 1))] < 0.5 * 1.5 + 0.5  # admitted work near its objective
     assert after.status_code == 200  # back to normal once the load drops
     assert pools_state["pools"][0]["outstanding"] == 0
+
+
+async def test_overload_refusal_goes_by_the_replica_the_request_would_wait_at() -> None:
+    # Two replicas, 0.1 s an image, a 0.1 s objective refused beyond 1.5x. One replica
+    # reports 10 images queued: the pool's E_p (10 x 0.1 / 2 + 0.1 = 0.6 s) misses the
+    # objective and is beyond 1.5x, but the idle replica would finish the request in 0.1 s.
+    pools = (("g6", "g6", 2, 0.1, 0.8048, None),)
+    async with start_stack(
+        pools, overload_slo_factor=1.5, slo={"interactive_seconds": 0.1, "batch_seconds": 30.0}
+    ) as stack:
+        replicas = list(stack.app_gateway.registry.get("g6").replicas.values())
+        replicas[0].reported_queue_depth = 10
+        served = await stack.client.post("/v1/images", json={"prompt": "x"})
+        # Both report 10: the soonest finish is about (10 - 1 + 0.5) x 0.1 + 0.1 = 1.05 s.
+        for replica in replicas:
+            replica.reported_queue_depth = 10
+        refused = await stack.client.post("/v1/images", json={"prompt": "x"})
+    assert served.status_code == 200
+    assert served.headers["X-Gateway-Attempts"] == "1"
+    assert refused.status_code == 503
+    assert refused.json()["error"]["type"] == "no_capacity"
+    assert int(refused.headers["Retry-After"]) in (1, 2)  # 1.05 s at the measured latency

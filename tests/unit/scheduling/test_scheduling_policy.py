@@ -418,3 +418,30 @@ def test_a_large_image_is_predicted_at_its_own_size(
     assert decision.predicted_completion_s == pytest.approx(0.6 * 2.25)
     assert mixed.completion_s(request) == pytest.approx(0.9 * 2.25)
     assert mixed.completion_s(RequestProfile()) == pytest.approx(0.9)
+
+
+def test_a_decision_predicts_the_finish_on_its_own_replica(
+    make_pool: Any, make_snapshot: Any, rng: random.Random
+) -> None:
+    pool = make_pool("a", replicas=2, latency_s=1.0, outstanding=3)
+    busy, idle = pool.replicas
+    pool = replace(pool, replicas=(replace(busy, in_flight=3), idle), unit_latency_s=0.8)
+    small, large = RequestProfile(), RequestProfile(width=768, height=768)
+    busy, idle = pool.replicas
+    # Nothing ahead on the idle replica; on the busy one, two images wait behind the one
+    # running (half done on average): 2.5 service times, then the request's own.
+    assert pool.replica_completion_s(idle, small) == pytest.approx(0.8)
+    assert pool.replica_completion_s(busy, small) == pytest.approx(2.5 * 1.0 + 0.8)
+    assert pool.replica_completion_s(idle, large) == pytest.approx(0.8 * 2.25)
+    # With 4 slots, 6 outstanding: 2 wait, the first a half service time per slot.
+    wide = replace(busy, slots=4, in_flight=6)
+    assert pool.replica_completion_s(wide, small) == pytest.approx(2.5 * 1.0 / 4 + 0.8)
+    assert pool.replica_completion_s(replace(busy, in_flight=0, reported_queue_depth=2), small) == (
+        pytest.approx(1.5 * 1.0 + 0.8)
+    )
+
+    decision = build_policy("least_request", rng).decide(small, make_snapshot(pool))
+    assert decision is not None
+    assert decision.replica == idle.url
+    assert decision.predicted_completion_s == pytest.approx(3 * 1.0 / 2 + 0.8)  # the pool's E_p
+    assert decision.replica_completion_s == pytest.approx(0.8)
