@@ -187,14 +187,15 @@ def oracle_cost(
             replicas = max(floor[name], used[name] / units_per_replica)
             result.replica_hours[name] += replicas * length / 3600.0
             result.cost_usd += replicas * state[name].price_per_hour_usd * length / 3600.0
-            top = max(state[name].max_replicas, int(floor[name])) if state[name].usable else 0
+            least = int(floor[name])
+            usable = state[name].usable
             offers.append(
                 PoolOffer(
                     name,
-                    units_per_replica if state[name].usable else 0.0,
+                    units_per_replica if usable else 0.0,
                     state[name].price_per_hour_usd * length / 3600.0,
-                    int(floor[name]),
-                    max(top, int(floor[name])),
+                    least,
+                    max(state[name].max_replicas, least) if usable else least,
                 )
             )
         whole = cheapest_whole_replicas(offers, _nested(confined))
@@ -284,9 +285,11 @@ def cheapest_whole_replicas(
             return
         o = order[i]
         for count in range(o.least, o.most + 1):
+            if cost + o.price * count >= best_cost:
+                break  # more replicas of this pool only cost more
             chosen[o.name] = count
             branch(i + 1, cost + o.price * count)
-        del chosen[o.name]
+        chosen.pop(o.name, None)
 
     branch(0, 0.0)
     return best
