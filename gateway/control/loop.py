@@ -234,20 +234,17 @@ class ControlLoop:
             s.name: not (s.draining or s.capacity_errors or s.healthy_replicas == 0)
             for s in signals
         }
-        unit = {
-            v.name: self.registry.get(v.name).estimated_latency_s(now, unit=True)
-            for v in snap.pools
-        }
+        # Allocation goes by seconds per 512x512-equivalent image (the views carry it).
         config = {v.name: self.registry.get(v.name).config for v in snap.pools}
         supplies = [
-            supply_of(v, usable=usable[v.name], latency_s=unit[v.name], config=config[v.name])
+            supply_of(v, usable=usable[v.name], latency_s=v.unit_latency_s, config=config[v.name])
             for v in snap.pools
         ]
         target = self.settings.target_utilization
         # The plan if every pool were whole: the pools it uses are the preferred ones.
         ideal = allocate(
             [
-                supply_of(v, usable=True, latency_s=unit[v.name], config=config[v.name])
+                supply_of(v, usable=True, latency_s=v.unit_latency_s, config=config[v.name])
                 for v in self._whole(snap)
             ],
             demand,
