@@ -68,10 +68,10 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             else f"| {name} | 0 | - | - | - | - | - | - | - | {s['cost_usd']:.2f} | - | - | - |"
         )
     if oracle:
-        rows.append(_oracle_row("oracle (lower bound)", oracle, oracle, "unservable"))
+        rows.append(_oracle_row("oracle (lower bound)", oracle, oracle))
         for key, label in _ORACLE_VARIANTS:
             if key in oracle:
-                rows.append(_oracle_row(label, oracle[key], oracle, "-"))
+                rows.append(_oracle_row(label, oracle[key], oracle))
     return "\n".join(rows) + "\n"
 
 
@@ -85,14 +85,13 @@ _ORACLE_VARIANTS = (
 )
 
 
-def _oracle_row(
-    label: str, figures: Mapping[str, Any], oracle: Mapping[str, Any], unservable: str
-) -> str:
+def _oracle_row(label: str, figures: Mapping[str, Any], oracle: Mapping[str, Any]) -> str:
+    """A row of the oracle's `figures`: the oracle itself, or one of its variants."""
     per_1k, base = figures.get("usd_per_1k_images"), oracle.get("usd_per_1k_images")
     versus = f"{100.0 * (per_1k / base - 1.0):+.0f} %" if per_1k and base else "-"
+    shed = "-"
     if figures is oracle:
-        versus = "0 %"
-    shed = f"{oracle['unservable_requests']} unservable" if unservable != "-" else "-"
+        versus, shed = "0 %", f"{oracle['unservable_requests']} unservable"
     per_1k_text = f"{per_1k:.3f}" if per_1k is not None else "-"
     return (
         f"| {label} | {oracle['images_served']} | - | {shed} | - | - | - | - | - | "
